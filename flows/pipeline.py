@@ -1,0 +1,79 @@
+"""The whole pipeline: each stage is a sub-flow whose task is cached on content digests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+
+from flows.clean import clean_flow
+from flows.evaluate import evaluate_flow
+from flows.finetune import finetune_flow
+from flows.ingest import ingest_flow
+from flows.pack import pack_flow
+from flows.params import PipelineParams
+from flows.pretrain import pretrain_flow
+from flows.register import register_flow
+from flows.tokenizer import tokenizer_flow
+from plm_core.stage import StageRef, read_manifest
+
+
+@flow(name="plm-pipeline", log_prints=True)
+def pipeline(params: PipelineParams, compare_random_init: bool = False) -> dict[str, Any]:
+    """Corpus -> cleaned shards -> tokenizer -> packed tokens -> pretraining -> fine-tuning ->
+    evaluation -> MLflow registration. Returns a summary with every stage's directory and the
+    headline figures."""
+    logger = get_run_logger()
+    runs = str(Path(params.runs_dir).resolve())
+    force = params.force
+    ingested = ingest_flow(params.ingest, runs, force)
+    cleaned = clean_flow(ingested, params.clean, runs, force)
+    tokenizer = tokenizer_flow(cleaned, params.tokenizer, runs, force)
+    packed = pack_flow(cleaned, tokenizer, params.pack, runs, force)
+    pretrained = pretrain_flow(
+        packed, tokenizer, params.model, params.pretrain, runs, params.experiment, force
+    )
+    ft = params.finetune
+    finetuned = finetune_flow(tokenizer, pretrained, params.model, ft, runs, params.experiment, force)
+    evaluated = evaluate_flow(finetuned, ft.dev_path, ft.text_field, ft.label_field, runs, force)
+    registered = register_flow(finetuned, evaluated, params.registry, runs, params.experiment, force)
+    stages = {
+        s.stage: s
+        for s in (ingested, cleaned, tokenizer, packed, pretrained, finetuned, evaluated, registered)
+    }
+    if compare_random_init:
+        scratch = finetune_flow(tokenizer, None, params.model, ft, runs, params.experiment, force)
+        stages["finetune_random_init"] = scratch
+        stages["evaluate_random_init"] = evaluate_flow(
+            scratch, ft.dev_path, ft.text_field, ft.label_field, runs, force
+        )
+    summary = _summary(stages)
+    logger.info("pipeline summary: %s", json.dumps(summary["headline"]))
+    create_markdown_artifact(
+        key="plm-pipeline-summary", markdown=_markdown(summary), description="Pipeline run"
+    )
+    return summary
+
+
+def _summary(stages: dict[str, StageRef]) -> dict[str, Any]:
+    counts = {name: read_manifest(ref.path)["counts"] for name, ref in stages.items()}
+    reg = counts["register"]
+    headline = {
+        "pretrain_first_loss": counts["pretrain"].get("first_loss"),
+        "pretrain_final_loss": counts["pretrain"].get("final_loss"),
+        "dev_accuracy": counts["evaluate"].get("accuracy"),
+        "registered": f"models:/{reg.get('model_name')}/{reg.get('version')}",
+        "aliases": reg.get("aliases"),
+    }
+    if "evaluate_random_init" in counts:
+        headline["dev_accuracy_random_init"] = counts["evaluate_random_init"].get("accuracy")
+    return {"headline": headline, "stages": {k: v.path for k, v in stages.items()}, "counts": counts}
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in summary["headline"].items())
+    stages = "\n".join(f"| {k} | `{v}` |" for k, v in summary["stages"].items())
+    return f"# plm-pipeline run\n\n| figure | value |\n|---|---|\n{rows}\n\n| stage | output |\n|---|---|\n{stages}\n"

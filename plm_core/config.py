@@ -1,0 +1,159 @@
+"""Dataclass configs for every stage, and named presets.
+
+Configs are plain dataclasses so that plm_core stays free of any orchestration library; the flows
+wrap them in one pydantic model for Prefect's parameter form. Presets (``tiny`` ... ``base``) are
+the litgpt habit: one registry of named sizes, overridable field by field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from plm_core.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Transformer body sizes. ``vocab_size`` is filled from the trained tokenizer when 0."""
+
+    family: str = "encoder"  # encoder (BERT-style) for now; [models] adds decoder and seq2seq
+    vocab_size: int = 0
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 2
+    intermediate_size: int = 512
+    max_position: int = 512
+    type_vocab_size: int = 2
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ConfigError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+
+
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512, max_position=512),
+    "mini": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, max_position=512),
+    "small": dict(hidden_size=512, num_layers=4, num_heads=8, intermediate_size=2048, max_position=512),
+    "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, max_position=512),
+}
+
+
+def model_preset(name: str, **overrides: Any) -> ModelConfig:
+    if name not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+    return ModelConfig(**{**MODEL_PRESETS[name], **overrides})
+
+
+@dataclass
+class IngestConfig:
+    """Where the raw corpus is and how to read it."""
+
+    paths: list[str] = field(default_factory=list)  # files, directories or globs
+    text_field: str = "text"  # for .jsonl / .parquet
+    id_field: str = "id"  # optional in the input; generated from file and line when absent
+    max_docs: int = 0  # 0 = all; a cap for quick runs
+    rows_per_shard: int = 10_000
+
+
+@dataclass
+class CleanConfig:
+    """Normalisation, filters, dedup and the train/validation split."""
+
+    min_chars: int = 200
+    max_chars: int = 50_000_000
+    strip_gutenberg: bool = True
+    exact_dedup: bool = True
+    validation_fraction: float = 0.02
+    split_seed: int = 0
+    target_shard_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass
+class TokenizerConfig:
+    """SentencePiece training."""
+
+    vocab_size: int = 8000
+    model_type: str = "unigram"  # or "bpe"
+    sample_sentences: int = 300_000  # lines sampled from the train split
+    character_coverage: float = 0.9995
+    byte_fallback: bool = True
+    num_sentinels: int = 100  # T5 <extra_id_N>
+    seed: int = 0
+
+
+@dataclass
+class PackConfig:
+    """Tokenize and pack into memory-mappable token shards."""
+
+    num_workers: int = 2
+    batch_docs: int = 64
+
+
+@dataclass
+class PretrainConfig:
+    """The Ray Train pretraining run."""
+
+    objective: str = "mlm"
+    seq_len: int = 128
+    batch_size: int = 32  # per worker
+    max_steps: int = 200
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    mlm_probability: float = 0.15
+    num_workers: int = 2
+    use_gpu: bool = False
+    checkpoint_every: int = 50
+    eval_every: int = 50
+    eval_batches: int = 4
+    log_every: int = 10
+    max_failures: int = 2
+    seed: int = 0
+    threads_per_worker: int = 1
+
+
+@dataclass
+class FinetuneConfig:
+    """Sequence classification fine-tuning (SST-2 by default)."""
+
+    task: str = "classification"
+    train_path: str = ""
+    dev_path: str = ""
+    text_field: str = "sentence"
+    label_field: str = "label"
+    max_len: int = 64
+    batch_size: int = 32
+    epochs: int = 2
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_train_examples: int = 0  # 0 = all
+    seed: int = 0
+    from_pretrained: bool = True
+    threads: int = 2
+
+
+@dataclass
+class RegisterConfig:
+    """MLflow registration."""
+
+    model_name: str = "plm-sst2-classifier"
+    gate_metric: str = "accuracy"
+
+
+def with_overrides(cfg: Any, **overrides: Any) -> Any:
+    """``dataclasses.replace`` that names an unknown field instead of a TypeError deep inside."""
+    known = {f.name for f in fields(cfg)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ConfigError(f"{type(cfg).__name__} has no field(s) {sorted(unknown)}")
+    return replace(cfg, **overrides)
