@@ -74,12 +74,18 @@ def _params(
     return build_params(preset, overrides, data_dir=data_dir, runs_dir=str(runs_dir.resolve()), force=force)
 
 
-def _execute(runs_dir: Path, body: Callable[[], Any]) -> None:
-    """Run a flow, turning a user-facing error into one line on stderr and exit code 2."""
+def _execute(runs_dir: Path, body: Callable[[], Any], preflight: Callable[[], Any] | None = None) -> None:
+    """Run a flow, turning a user-facing error into one line on stderr and exit code 2.
+
+    ``preflight`` runs cheap checks (does the corpus exist?) before Prefect starts its API, so a
+    typo fails in a second instead of after the server start-up.
+    """
     from flows.common import configure_prefect_home
 
     configure_prefect_home(runs_dir)
     try:
+        if preflight is not None:
+            preflight()
         result = body()
     except PlmError as err:
         typer.echo(f"plm: error: {err}", err=True)
@@ -88,6 +94,12 @@ def _execute(runs_dir: Path, body: Callable[[], Any]) -> None:
         typer.echo(f"plm: error: {type(err).__name__}: {err}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(result, indent=2, default=str))
+
+
+def _check_corpus(params: PipelineParams) -> None:
+    from plm_core.data.ingest import resolve_inputs
+
+    resolve_inputs(params.ingest.paths)
 
 
 def _ref(path: Path) -> Any:
@@ -119,7 +131,7 @@ def run(
         params = _params(preset, sets, runs_dir, force, corpus, data_dir)
         return pipeline(params, compare_random_init=compare_random_init)["headline"]
 
-    _execute(runs_dir, body)
+    _execute(runs_dir, body, lambda: _check_corpus(_params(preset, sets, runs_dir, force, corpus, data_dir)))
 
 
 @app.command(epilog=_settable_fields())
@@ -139,7 +151,7 @@ def ingest(
         p = _params(preset, sets, runs_dir, force, corpus, data_dir)
         return ingest_flow(p.ingest, p.runs_dir, force)
 
-    _execute(runs_dir, body)
+    _execute(runs_dir, body, lambda: _check_corpus(_params(preset, sets, runs_dir, force, corpus, data_dir)))
 
 
 InDir = Annotated[Path, typer.Option(exists=False, help="A finished stage directory (holds manifest.json).")]
@@ -296,3 +308,7 @@ def register(
 
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m flows.cli`
+    main()
