@@ -1,0 +1,147 @@
+"""The Ray Train driver of the pretrain stage: start workers, run ``train_loop_per_worker``, and turn
+the final checkpoint into the stage's output directory (docs/contracts.md, "pretrain").
+
+Ray Train V2 (DESIGN section 7): Tune callbacks are rejected, so workers log to MLflow themselves;
+``Result.metrics`` only holds what was reported with a checkpoint, so the loss history travels in
+the checkpoint (history.json) and is read back from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import ray
+from mlflow.tracking import MlflowClient
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from plm_core.config import ModelConfig, PretrainConfig
+from plm_core.data.loader import PackedSequences
+from plm_core.errors import ConfigError, InputError
+from plm_core.models.encoder import BertForMaskedLM
+from plm_core.models.io import load_weights, save_model
+from plm_core.train.checkpoint import read_trainer_state
+from plm_core.train.loop import train_loop_per_worker
+from plm_core.train.plots import plot_loss_curve
+
+
+def _read_tokenizer(tokenizer_dir: Path) -> dict[str, Any]:
+    path = Path(tokenizer_dir) / "tokenizer.json"
+    if not path.is_file():
+        raise InputError(path, "missing; not a tokenizer directory")
+    return json.loads(path.read_text())
+
+
+def _check(model_cfg: ModelConfig, cfg: PretrainConfig, tokenizer: dict[str, Any], pack_dir: Path) -> None:
+    """Fail in the driver, with a one-line message, what would otherwise fail inside every worker."""
+    if cfg.objective != "mlm":
+        raise ConfigError(f"pretrain objective {cfg.objective!r} is not supported yet; use 'mlm'")
+    if model_cfg.family != "encoder":
+        raise ConfigError(f"the MLM objective needs an encoder model, got family {model_cfg.family!r}")
+    if model_cfg.vocab_size < tokenizer["vocab_size"]:
+        raise ConfigError(
+            f"model vocab_size {model_cfg.vocab_size} < tokenizer vocab_size {tokenizer['vocab_size']}"
+        )
+    if cfg.seq_len > model_cfg.max_position:
+        raise ConfigError(f"seq_len {cfg.seq_len} exceeds the model's max_position {model_cfg.max_position}")
+    if cfg.max_steps < 1:
+        raise ConfigError(f"max_steps must be >= 1, got {cfg.max_steps}")
+    for split in ("train", "validation"):
+        PackedSequences(pack_dir, split, cfg.seq_len)
+
+
+def _ensure_ray(cfg: PretrainConfig) -> None:
+    """Join ``RAY_ADDRESS``'s cluster if set, else start a local Ray.
+
+    Locally the CPU count is raised to what the workers ask for: on a 2-core machine a run with
+    2 workers x 2 threads should oversubscribe, not wait forever for resources that never come.
+    """
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        wanted = cfg.num_workers * (0 if cfg.use_gpu else cfg.threads_per_worker)
+        ray.init(num_cpus=max(os.cpu_count() or 1, wanted), include_dashboard=False)
+
+
+def pretrain(
+    pack_dir: Path,
+    tokenizer_dir: Path,
+    model_cfg: ModelConfig,
+    cfg: PretrainConfig,
+    out_dir: Path,
+    *,
+    storage_path: Path,
+    run_name: str,
+    mlflow_tracking_uri: str | None = None,
+    mlflow_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Pretrain with MLM on ``cfg.num_workers`` Ray workers and write the model into ``out_dir``.
+
+    Rerunning with the same ``storage_path`` and ``run_name`` resumes from the run's last
+    checkpoint. Returns {"steps", "first_loss", "final_loss", "val_loss", "tokens_seen",
+    "seconds" (wall clock of the Ray run), "tokens_per_second" (training steps only)}.
+    """
+    tokenizer = _read_tokenizer(tokenizer_dir)
+    if model_cfg.vocab_size == 0:
+        model_cfg = replace(model_cfg, vocab_size=tokenizer["vocab_size"])
+    _check(model_cfg, cfg, tokenizer, Path(pack_dir))
+    _ensure_ray(cfg)
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "pack_dir": str(Path(pack_dir).resolve()),
+            "tokenizer": tokenizer,
+            "model": asdict(model_cfg),
+            "pretrain": asdict(cfg),
+            "mlflow_tracking_uri": mlflow_tracking_uri,
+            "mlflow_run_id": mlflow_run_id,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker=None if cfg.use_gpu else {"CPU": cfg.threads_per_worker},
+        ),
+        run_config=RunConfig(
+            storage_path=str(Path(storage_path).resolve()),
+            name=run_name,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    started = time.time()
+    result = trainer.fit()
+    seconds = time.time() - started
+
+    model = BertForMaskedLM(model_cfg)
+    with result.checkpoint.as_directory() as ckpt_dir:
+        state = read_trainer_state(Path(ckpt_dir))
+        load_weights(model, Path(ckpt_dir))
+    out_dir = Path(out_dir)
+    save_model(model, model_cfg, out_dir, extra={"task": "mlm", "pretrain": asdict(cfg)})
+
+    summary = {
+        "steps": state.step,
+        "first_loss": state.train_history[0]["loss"],
+        "final_loss": state.train_history[-1]["loss"],
+        "val_loss": state.val_history[-1]["val_loss"],
+        "tokens_seen": state.tokens_seen,
+        "seconds": round(seconds, 3),
+        "tokens_per_second": state.tokens_seen / max(state.seconds, 1e-9),
+    }
+    metrics = {**summary, "train": state.train_history, "validation": state.val_history}
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_loss_curve(state.train_history, state.val_history, out_dir / "loss_curve.png")
+    if mlflow_tracking_uri and mlflow_run_id:
+        client = MlflowClient(mlflow_tracking_uri)
+        client.log_artifact(mlflow_run_id, str(out_dir / "loss_curve.png"))
+        client.log_artifact(mlflow_run_id, str(out_dir / "metrics.json"))
+    return summary

@@ -1,0 +1,288 @@
+"""The per-worker MLM pretraining loop that Ray Train's ``TorchTrainer`` runs on every worker.
+
+``MLMPretrainer`` is one worker's share of the work (model, optimizer, data order, a step, an
+evaluation, checkpoints) and knows nothing of Ray, so tests drive it in-process.
+``train_loop_per_worker`` adds what Ray provides: rank, device, DDP, checkpoint reporting, resume.
+
+Determinism: the data order is a seeded permutation per epoch over a global sample stream that
+ranks read strided (rank r takes samples r, r + world, ...), and the masks and dropout of update
+``s`` on rank ``r`` come from a seed derived from ``(seed, s, r)``. A resumed run therefore
+replays exactly the batches and randomness the interrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from plm_core.config import ModelConfig, PretrainConfig
+from plm_core.data.loader import PackedSequences
+from plm_core.models.encoder import IGNORE_INDEX, BertForMaskedLM
+from plm_core.objectives.mlm import mask_tokens
+from plm_core.train.checkpoint import TrainerState, load_checkpoint, save_checkpoint
+from plm_core.train.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+# Domains of derived seeds, so that e.g. the masks and the dropout of step 3 draw independently.
+_MASKS, _DROPOUT, _EVAL, _ORDER = 0, 1, 2, 3
+
+
+def derived_seed(*parts: int) -> int:
+    """A well-mixed 64-bit seed from a tuple of small ints (NumPy's SeedSequence hashing)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0])
+
+
+class MLMPretrainer:
+    """One worker of masked-LM pretraining on a packed token directory.
+
+    ``config`` is the ``train_loop_config`` built by ``plm_core.train.distributed.pretrain``:
+    ``pack_dir``, ``tokenizer`` (tokenizer.json as a dict), ``model`` and ``pretrain`` (asdict of
+    ``ModelConfig`` / ``PretrainConfig``). ``wrap_model`` moves the model to its device and wraps
+    it for data parallelism (Ray's ``prepare_model``); without it the model stays unwrapped.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | None = None,
+        wrap_model: Callable[[nn.Module], nn.Module] | None = None,
+    ) -> None:
+        self.cfg = PretrainConfig(**config["pretrain"])
+        self.model_cfg = ModelConfig(**config["model"])
+        tokenizer = config["tokenizer"]
+        self.mask_id = int(tokenizer["mask_id"])
+        self.special_ids = [int(i) for i in tokenizer["special_ids"]]
+        self.tokenizer_vocab = int(tokenizer["vocab_size"])
+        self.rank, self.world_size = rank, world_size
+        self.device = device or torch.device("cpu")
+
+        torch.manual_seed(self.cfg.seed)  # the same initial weights on every rank
+        self.raw_model = BertForMaskedLM(self.model_cfg)
+        self.model: nn.Module = wrap_model(self.raw_model) if wrap_model else self.raw_model.to(self.device)
+        self.optimizer = build_optimizer(self.raw_model, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        self.scheduler = build_scheduler(
+            self.optimizer, warmup_steps=self.cfg.warmup_steps, max_steps=self.cfg.max_steps
+        )
+        self.train_data = PackedSequences(config["pack_dir"], "train", self.cfg.seq_len)
+        self.val_data = PackedSequences(config["pack_dir"], "validation", self.cfg.seq_len)
+        self.state = TrainerState()
+        self._orders: dict[int, torch.Tensor] = {}  # epoch -> permutation of the train sequences
+
+    # -- data -------------------------------------------------------------------------------
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._orders:
+            g = torch.Generator().manual_seed(derived_seed(self.cfg.seed, _ORDER, epoch))
+            self._orders[epoch] = torch.randperm(len(self.train_data), generator=g)
+        return self._orders[epoch]
+
+    def train_indices(self, samples_seen: int) -> torch.Tensor:
+        """This rank's sequence indices [B] for the update starting at global sample ``samples_seen``."""
+        B, n = self.cfg.batch_size, len(self.train_data)
+        positions = samples_seen + self.rank + self.world_size * torch.arange(B)  # [B] in the stream
+        epochs, offsets = positions // n, positions % n
+        for stale in [e for e in self._orders if e < int(epochs.min())]:
+            del self._orders[stale]
+        return torch.stack([self._epoch_order(int(e))[o] for e, o in zip(epochs, offsets, strict=True)])
+
+    def _masked_batch(
+        self, data: PackedSequences, indices: torch.Tensor, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.stack([data[int(i)] for i in indices])  # [B, T]
+        g = torch.Generator().manual_seed(seed)
+        inputs, labels = mask_tokens(
+            ids,
+            mask_id=self.mask_id,
+            vocab_size=self.tokenizer_vocab,
+            special_ids=self.special_ids,
+            probability=self.cfg.mlm_probability,
+            generator=g,
+        )
+        return inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def train_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs [B, T], labels [B, T]) of the next update on this rank."""
+        indices = self.train_indices(self.state.samples_seen)
+        return self._masked_batch(
+            self.train_data, indices, derived_seed(self.cfg.seed, _MASKS, self.state.step, self.rank)
+        )
+
+    # -- steps ------------------------------------------------------------------------------
+
+    def _autocast(self) -> torch.autocast:
+        # bf16 on GPU (DESIGN section 4); CPU stays fp32, where bf16 matmuls are rarely faster.
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def _all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(t)
+        return t
+
+    def train_step(self) -> dict[str, float]:
+        """One update; returns {"loss" (mean over ranks), "lr", "grad_norm"} and advances the state."""
+        started = time.perf_counter()
+        inputs, labels = self.train_batch()
+        torch.manual_seed(derived_seed(self.cfg.seed, _DROPOUT, self.state.step, self.rank))
+        self.model.train()
+        with self._autocast():
+            loss = self.model(inputs, labels=labels)["loss"]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        mean_loss = self._all_reduce_sum(loss.detach().float()).item() / self.world_size
+
+        s = self.state
+        s.step += 1
+        s.samples_seen += self.cfg.batch_size * self.world_size
+        s.tokens_seen += self.cfg.batch_size * self.cfg.seq_len * self.world_size
+        s.seconds += time.perf_counter() - started
+        s.train_history.append({"step": s.step, "loss": mean_loss, "lr": lr})
+        return {"loss": mean_loss, "lr": lr, "grad_norm": float(grad_norm)}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Masked-token loss and perplexity over ``eval_batches`` global batches of validation data.
+
+        The batches and their masks are the same at every evaluation, so the curve compares like
+        with like.
+        """
+        self.raw_model.eval()
+        B, n = self.cfg.batch_size, len(self.val_data)
+        totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss sum, masked tokens]
+        for b in range(self.cfg.eval_batches):
+            positions = b * B * self.world_size + self.rank + self.world_size * torch.arange(B)  # [B]
+            inputs, labels = self._masked_batch(
+                self.val_data, positions % n, derived_seed(self.cfg.seed, _EVAL, b, self.rank)
+            )
+            with self._autocast():
+                loss = self.raw_model(inputs, labels=labels)["loss"]
+            masked = (labels != IGNORE_INDEX).sum()
+            totals += torch.stack([loss.double() * masked, masked.double()])
+        loss_sum, count = self._all_reduce_sum(totals).tolist()
+        val = {"val_loss": loss_sum / max(count, 1.0), "perplexity": math.exp(loss_sum / max(count, 1.0))}
+        self.state.val_history.append({"step": self.state.step, **val})
+        return val
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def save(self, ckpt_dir: Path) -> None:
+        save_checkpoint(
+            ckpt_dir,
+            model=self.raw_model,
+            model_cfg=self.model_cfg,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state=self.state,
+            extra={"task": "mlm", "pretrain": asdict(self.cfg)},
+        )
+
+    def restore(self, ckpt_dir: Path) -> None:
+        self.state = load_checkpoint(
+            ckpt_dir, model=self.raw_model, optimizer=self.optimizer, scheduler=self.scheduler
+        )
+
+
+class _MlflowMetrics:
+    """Rank 0's metric logger: an explicit client and run id, no global mlflow state in workers.
+
+    A tracking server that is briefly unreachable must not kill hours of training, so failures
+    are logged and the step goes on.
+    """
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.client = MlflowClient(uri)
+        self.run_id = run_id
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(key=k, value=float(v), timestamp=now, step=step) for k, v in values.items()]
+        try:
+            self.client.log_batch(self.run_id, metrics=metrics)
+        except Exception as e:  # any tracking failure is non-fatal, see the class docstring
+            log.warning("MLflow logging failed at step %d: %s", step, e)
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point; ``config`` as for ``MLMPretrainer`` plus ``mlflow_tracking_uri`` and
+    ``mlflow_run_id`` (both may be None)."""
+    cfg = PretrainConfig(**config["pretrain"])
+    torch.set_num_threads(cfg.threads_per_worker)
+    ctx = ray.train.get_context()
+    trainer = MLMPretrainer(
+        config,
+        rank=ctx.get_world_rank(),
+        world_size=ctx.get_world_size(),
+        device=ray.train.torch.get_device(),
+        wrap_model=ray.train.torch.prepare_model,
+    )
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:  # a restart after a failure, or a rerun of the same run name
+        with checkpoint.as_directory() as d:
+            trainer.restore(Path(d))
+    tracker = None
+    if trainer.rank == 0 and config.get("mlflow_tracking_uri") and config.get("mlflow_run_id"):
+        tracker = _MlflowMetrics(config["mlflow_tracking_uri"], config["mlflow_run_id"])
+
+    state = trainer.state  # restore() replaced it; train_step() mutates this object from here on
+    window_start = (state.step, state.tokens_seen, state.seconds)  # of the current logging window
+    while state.step < cfg.max_steps:
+        step_metrics = trainer.train_step()
+        last = state.step == cfg.max_steps
+        report: dict[str, float] = {"step": state.step, "loss": step_metrics["loss"]}
+        if _due(state.step, cfg.log_every) or last:
+            start_step, start_tokens, start_seconds = window_start
+            window = [h["loss"] for h in state.train_history if h["step"] > start_step]
+            throughput = (state.tokens_seen - start_tokens) / max(state.seconds - start_seconds, 1e-9)
+            window_start = (state.step, state.tokens_seen, state.seconds)
+            if tracker:
+                tracker.log(
+                    state.step,
+                    {
+                        "loss": sum(window) / len(window),
+                        "lr": step_metrics["lr"],
+                        "grad_norm": step_metrics["grad_norm"],
+                        "tokens_per_second": throughput,
+                    },
+                )
+        if _due(state.step, cfg.eval_every) or last:
+            val = trainer.evaluate()
+            report.update(val)
+            if tracker:
+                tracker.log(state.step, val)
+        if _due(state.step, cfg.checkpoint_every) or last:
+            # ray.train.report is a barrier: every rank calls it at the same steps, and only rank 0
+            # hands over a checkpoint (the weights are identical on all ranks under DDP).
+            report["tokens_seen"] = state.tokens_seen
+            if trainer.rank == 0:
+                with tempfile.TemporaryDirectory() as d:
+                    trainer.save(Path(d))
+                    ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
+            else:
+                ray.train.report(report)
