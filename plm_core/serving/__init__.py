@@ -1,0 +1,1 @@
+"""Inference for fine-tuned models and their MLflow pyfunc definitions (models from code)."""

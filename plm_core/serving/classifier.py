@@ -1,0 +1,131 @@
+"""Inference for a fine-tuned sequence classifier directory (the finetune stage's output).
+
+The directory is self-contained (config.json, model.safetensors, tokenizer/), so this module is
+all that MLflow's pyfunc wrapper, the evaluate stage and fine-tuning's dev evaluation need. It
+imports nothing for training, which keeps the served model's requirements to torch,
+sentencepiece, safetensors, numpy and pandas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from plm_core.errors import InputError
+from plm_core.finetune.metrics import classification_report
+from plm_core.finetune.task_data import (
+    encode_for_classification,
+    length_sorted_batches,
+    load_classification,
+    pad_batch,
+)
+from plm_core.models.encoder import BertForSequenceClassification
+from plm_core.models.io import load_config, load_weights
+from plm_core.tokenizer import Tokenizer
+
+TEXT_COLUMN = "text"
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: torch.nn.Module, sequences: list[list[int]], pad_id: int, batch_size: int
+) -> torch.Tensor:
+    """Logits (N, num_labels) in input order; batches are length-sorted so padding is minimal."""
+    was_training = model.training
+    model.eval()
+    out: torch.Tensor | None = None
+    for idx in length_sorted_batches([len(s) for s in sequences], batch_size):
+        input_ids, attention_mask = pad_batch([sequences[i] for i in idx], pad_id)
+        logits = model(input_ids, attention_mask=attention_mask)["logits"].float()
+        if out is None:
+            out = torch.empty((len(sequences), logits.shape[-1]), dtype=torch.float32)
+        out[idx] = logits
+    model.train(was_training)
+    if out is None:
+        raise ValueError("no sequences to score")
+    return out
+
+
+class ClassifierPredictor:
+    """Loads a classifier directory once; ``predict`` labels raw texts."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        self.model_dir = Path(model_dir)
+        cfg, extra = load_config(self.model_dir)
+        if extra.get("task") != "classification":
+            raise InputError(
+                self.model_dir / "config.json", f"task is {extra.get('task')!r}, expected 'classification'"
+            )
+        self.labels: list[str] = list(extra["labels"])
+        self.max_len = int(extra["max_len"])
+        self.tokenizer = Tokenizer.load(self.model_dir / "tokenizer")
+        self.model = BertForSequenceClassification(cfg, len(self.labels))
+        load_weights(self.model, self.model_dir)
+        self.model.eval()
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Class probabilities (N, num_labels), rows in input order."""
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        sequences = encode_for_classification(self.tokenizer, list(texts), self.max_len)
+        logits = predict_logits(self.model, sequences, self.tokenizer.pad_id, batch_size)
+        return torch.softmax(logits, dim=-1).numpy()
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, Any]]:
+        probs = self.predict_proba(texts, batch_size)
+        results = []
+        for row in probs:
+            best = int(row.argmax())
+            results.append(
+                {
+                    "label": self.labels[best],
+                    "label_id": best,
+                    "probability": float(row[best]),
+                    "probabilities": {name: float(p) for name, p in zip(self.labels, row, strict=True)},
+                }
+            )
+        return results
+
+
+def as_texts(model_input: Any) -> list[str]:
+    """Texts from what MLflow callers send: a DataFrame with a ``text`` column, a Series, a list."""
+    if isinstance(model_input, pd.DataFrame):
+        if TEXT_COLUMN not in model_input.columns:
+            raise ValueError(f"expected a {TEXT_COLUMN!r} column, got columns {list(model_input.columns)}")
+        values = model_input[TEXT_COLUMN].tolist()
+    elif isinstance(model_input, str):
+        values = [model_input]
+    elif isinstance(model_input, pd.Series | np.ndarray | list | tuple):
+        values = list(model_input)
+    else:
+        raise ValueError(f"expected a DataFrame, Series or list of strings, got {type(model_input).__name__}")
+    bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
+    if bad:
+        raise ValueError(f"every input must be a string; rows {bad[:5]} are not")
+    return values
+
+
+def predictions_frame(predictor: ClassifierPredictor, model_input: Any) -> pd.DataFrame:
+    """The served output: one row per input with the predicted ``label`` and its ``probability``."""
+    results = predictor.predict(as_texts(model_input))
+    return pd.DataFrame(
+        {
+            "label": [r["label"] for r in results],
+            "probability": np.array([r["probability"] for r in results], dtype=np.float64),
+        }
+    )
+
+
+def evaluate_classification(
+    model_dir: str | Path, data_path: str | Path, text_field: str = "sentence", label_field: str = "label"
+) -> dict[str, Any]:
+    """Score a classifier directory on a labelled file (labels read with the model's label names)."""
+    predictor = ClassifierPredictor(model_dir)
+    data = load_classification(data_path, text_field, label_field, labels=predictor.labels)
+    predicted = predictor.predict_proba(data.texts).argmax(axis=-1)
+    return classification_report(data.label_ids, predicted.tolist(), predictor.labels)
