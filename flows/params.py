@@ -68,10 +68,10 @@ def _preset_sections(name: str, data_dir: Path) -> dict[str, Any]:
         return dict(
             ingest=IngestConfig(paths=[corpus]),
             clean=CleanConfig(),
-            tokenizer=TokenizerConfig(vocab_size=8000, sample_sentences=200_000),
+            tokenizer=TokenizerConfig(vocab_size=8000, sample_sentences=150_000),
             pack=PackConfig(),
             model=model_preset("tiny"),
-            pretrain=PretrainConfig(max_steps=300, batch_size=32, seq_len=128, lr=1e-3, warmup_steps=30),
+            pretrain=PretrainConfig(max_steps=200, batch_size=32, seq_len=128, lr=1e-3, warmup_steps=20),
             finetune=finetune,
             registry=RegisterConfig(),
         )
