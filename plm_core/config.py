@@ -15,16 +15,33 @@ from plm_core.errors import ConfigError
 
 @dataclass
 class ModelConfig:
-    """Transformer body sizes. ``vocab_size`` is filled from the trained tokenizer when 0."""
+    """Transformer body sizes and architecture switches. ``vocab_size`` is filled from the trained
+    tokenizer when 0. One config serves the three families; fields a family ignores are documented.
 
-    family: str = "encoder"  # encoder (BERT-style) for now; [models] adds decoder and seq2seq
+    family: "encoder" (BERT/ALBERT), "decoder" (GPT) or "seq2seq" (T5/BART, see ``arch``).
+    """
+
+    family: str = "encoder"
+    arch: str = "bert"  # encoder: bert | albert; decoder: gpt2; seq2seq: t5 | bart
     vocab_size: int = 0
     hidden_size: int = 128
-    num_layers: int = 2
+    num_layers: int = 2  # encoder layers (seq2seq: encoder side)
+    num_decoder_layers: int = 0  # seq2seq decoder side; 0 = num_layers
     num_heads: int = 2
     intermediate_size: int = 512
     max_position: int = 512
-    type_vocab_size: int = 2
+    type_vocab_size: int = 2  # encoder only (segment embeddings)
+    position: str = "learned"  # learned | sinusoidal | rotary | relative (T5 bucketed bias)
+    norm: str = "post"  # post (BERT, BART) | pre (GPT-2, T5)
+    norm_type: str = "layernorm"  # layernorm | rmsnorm (T5: scale only, no mean, no bias)
+    activation: str = "gelu"  # gelu | gelu_tanh | relu | silu
+    gated_ffn: bool = False  # GEGLU / SwiGLU style gate on the feed-forward
+    bias: bool = True  # T5 uses no biases in linear layers
+    tie_word_embeddings: bool = True
+    embedding_size: int = 0  # ALBERT factorized embeddings; 0 = hidden_size
+    share_layers: bool = False  # ALBERT cross-layer parameter sharing
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
     dropout: float = 0.1
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-12
@@ -36,20 +53,68 @@ class ModelConfig:
             raise ConfigError(
                 f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
             )
+        allowed = {"encoder": ("bert", "albert"), "decoder": ("gpt2",), "seq2seq": ("t5", "bart")}
+        if self.family not in allowed:
+            raise ConfigError(f"unknown model family {self.family!r}; choose one of {sorted(allowed)}")
+        if self.arch not in allowed[self.family]:
+            raise ConfigError(
+                f"arch {self.arch!r} does not belong to family {self.family!r}: {allowed[self.family]}"
+            )
 
 
-MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512, max_position=512),
-    "mini": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, max_position=512),
-    "small": dict(hidden_size=512, num_layers=4, num_heads=8, intermediate_size=2048, max_position=512),
-    "base": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072, max_position=512),
+_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=512),
+    "mini": dict(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024),
+    "small": dict(hidden_size=512, num_layers=4, num_heads=8, intermediate_size=2048),
+}
+_FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "encoder": dict(family="encoder", arch="bert", max_position=512),
+    "decoder": dict(
+        family="decoder",
+        arch="gpt2",
+        max_position=1024,
+        norm="pre",
+        activation="gelu_tanh",
+        layer_norm_eps=1e-5,
+        type_vocab_size=0,
+    ),
+    "seq2seq": dict(
+        family="seq2seq",
+        arch="t5",
+        max_position=512,
+        position="relative",
+        norm="pre",
+        norm_type="rmsnorm",
+        activation="relu",
+        bias=False,
+        layer_norm_eps=1e-6,
+        type_vocab_size=0,
+    ),
+}
+# ``base`` matches the published models so parameter counts can be checked against them:
+# BERT-base (110M, vocab 30522), GPT-2 124M (vocab 50257, 1024 positions), T5-small (60M, vocab 32128).
+_BASE: dict[str, dict[str, Any]] = {
+    "encoder": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+    "decoder": dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+    "seq2seq": dict(hidden_size=512, num_layers=6, num_decoder_layers=6, num_heads=8, intermediate_size=2048),
+}
+
+MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    family: {
+        **{name: {**defaults, **size} for name, size in _SIZES.items()},
+        "base": {**defaults, **_BASE[family]},
+    }
+    for family, defaults in _FAMILY_DEFAULTS.items()
 }
 
 
-def model_preset(name: str, **overrides: Any) -> ModelConfig:
-    if name not in MODEL_PRESETS:
-        raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
-    return ModelConfig(**{**MODEL_PRESETS[name], **overrides})
+def model_preset(name: str, family: str = "encoder", **overrides: Any) -> ModelConfig:
+    """Named sizes per family (``tiny``, ``mini``, ``small``, ``base``), overridable field by field."""
+    if family not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model family {family!r}; choose one of {sorted(MODEL_PRESETS)}")
+    if name not in MODEL_PRESETS[family]:
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS[family])}")
+    return ModelConfig(**{**MODEL_PRESETS[family][name], **overrides})
 
 
 @dataclass
@@ -101,7 +166,17 @@ class PackConfig:
 class PretrainConfig:
     """The Ray Train pretraining run."""
 
+    # mlm | wwm (whole-word) | span (SpanBERT) — encoder; clm — decoder;
+    # span_corruption (T5) | denoising (BART infilling + sentence permutation) — seq2seq
     objective: str = "mlm"
+    sentence_objective: str = ""  # "" | nsp | sop (encoder, adds a two-segment head)
+    span_geometric_p: float = 0.2  # SpanBERT span lengths ~ Geometric(p), clipped at max_span_length
+    max_span_length: int = 10
+    noise_density: float = 0.15  # T5 span corruption
+    mean_noise_span_length: float = 3.0
+    mask_ratio: float = 0.3  # BART text infilling
+    poisson_lambda: float = 3.0
+    permute_sentences: bool = True
     seq_len: int = 128
     batch_size: int = 32  # per worker
     max_steps: int = 200
