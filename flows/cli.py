@@ -54,6 +54,8 @@ Corpus = Annotated[
         help="Corpus files, directories or globs (.txt, .jsonl, .parquet). Default: the shared Gutenberg books."
     ),
 ]
+Family = Annotated[str, typer.Option(help="Model family: encoder (BERT), decoder (GPT), seq2seq (T5).")]
+Arch = Annotated[str, typer.Option(help="Architecture within the family: albert (encoder), bart (seq2seq).")]
 DataDir = Annotated[
     Path | None,
     typer.Option(help="Folder holding corpus/ and glue_sst2/ (default: $PLM_DATA_DIR or ../shared/data)."),
@@ -67,11 +69,21 @@ def _params(
     force: bool,
     corpus: list[str] | None = None,
     data_dir: Path | None = None,
+    family: str = "encoder",
+    arch: str = "",
 ) -> PipelineParams:
     overrides = list(sets or [])
     if corpus:
         overrides.insert(0, "ingest.paths=" + json.dumps(corpus))
-    return build_params(preset, overrides, data_dir=data_dir, runs_dir=str(runs_dir.resolve()), force=force)
+    return build_params(
+        preset,
+        overrides,
+        data_dir=data_dir,
+        family=family,
+        arch=arch,
+        runs_dir=str(runs_dir.resolve()),
+        force=force,
+    )
 
 
 def _execute(runs_dir: Path, body: Callable[[], Any], preflight: Callable[[], Any] | None = None) -> None:
@@ -122,13 +134,15 @@ def run(
         bool, typer.Option(help="Also fine-tune from random init and report both.")
     ] = False,
     data_dir: DataDir = None,
+    family: Family = "encoder",
+    arch: Arch = "",
 ) -> None:
     """Run the whole pipeline: ingest, clean, tokenizer, pack, pretrain, finetune, eval, register."""
 
     def body() -> Any:
         from flows.pipeline import pipeline
 
-        params = _params(preset, sets, runs_dir, force, corpus, data_dir)
+        params = _params(preset, sets, runs_dir, force, corpus, data_dir, family, arch)
         return pipeline(params, compare_random_init=compare_random_init)["headline"]
 
     _execute(runs_dir, body, lambda: _check_corpus(_params(preset, sets, runs_dir, force, corpus, data_dir)))
@@ -223,13 +237,15 @@ def pretrain(
     runs_dir: RunsDir = Path("runs"),
     sets: Sets = None,
     force: Force = False,
+    family: Family = "encoder",
+    arch: Arch = "",
 ) -> None:
-    """Pretrain the encoder with MLM through Ray Train (workers from pretrain.num_workers)."""
+    """Pretrain with the family's objective through Ray Train (workers from pretrain.num_workers)."""
 
     def body() -> Any:
         from flows.pretrain import pretrain_flow
 
-        p = _params(preset, sets, runs_dir, force)
+        p = _params(preset, sets, runs_dir, force, family=family, arch=arch)
         return pretrain_flow(
             _ref(pack_dir), _ref(tokenizer_dir), p.model, p.pretrain, p.runs_dir, p.experiment, force
         )
@@ -248,13 +264,15 @@ def finetune(
     sets: Sets = None,
     force: Force = False,
     data_dir: DataDir = None,
+    family: Family = "encoder",
+    arch: Arch = "",
 ) -> None:
     """Fine-tune a sequence classifier (SST-2 by default) from a pretrained checkpoint or random init."""
 
     def body() -> Any:
         from flows.finetune import finetune_flow
 
-        p = _params(preset, sets, runs_dir, force, data_dir=data_dir)
+        p = _params(preset, sets, runs_dir, force, data_dir=data_dir, family=family, arch=arch)
         pre = _ref(pretrained_dir) if pretrained_dir else None
         return finetune_flow(_ref(tokenizer_dir), pre, p.model, p.finetune, p.runs_dir, p.experiment, force)
 

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from plm_core.config import (
+    MODEL_PRESETS,
     CleanConfig,
     FinetuneConfig,
     IngestConfig,
@@ -42,6 +43,9 @@ class PipelineParams(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=False)
 
     preset: str = Field("tiny", description="Named size preset the sections were built from.")
+    family: str = Field(
+        "encoder", description="Model family: encoder (BERT), decoder (GPT), seq2seq (T5/BART)."
+    )
     runs_dir: str = Field(
         "runs", description="Where stage outputs, Ray checkpoints and MLflow's sqlite live."
     )
@@ -60,18 +64,25 @@ class PipelineParams(BaseModel):
 SECTIONS = ("ingest", "clean", "tokenizer", "pack", "model", "pretrain", "finetune", "registry")
 
 
-def _preset_sections(name: str, data_dir: Path) -> dict[str, Any]:
+DEFAULT_OBJECTIVE = {"encoder": "mlm", "decoder": "clm", "seq2seq": "span_corruption", "bart": "denoising"}
+
+
+def _preset_sections(name: str, data_dir: Path, family: str, arch: str) -> dict[str, Any]:
     corpus = str(data_dir / "corpus" / "gutenberg")
     sst2 = data_dir / "glue_sst2"
     finetune = FinetuneConfig(train_path=str(sst2 / "train.jsonl"), dev_path=str(sst2 / "dev.jsonl"))
+    model = model_preset(name, family, **({"arch": arch} if arch else {}))
+    objective = DEFAULT_OBJECTIVE.get(arch, DEFAULT_OBJECTIVE[family])
     if name == "tiny":
         return dict(
             ingest=IngestConfig(paths=[corpus]),
             clean=CleanConfig(),
             tokenizer=TokenizerConfig(vocab_size=8000, sample_sentences=150_000),
             pack=PackConfig(),
-            model=model_preset("tiny"),
-            pretrain=PretrainConfig(max_steps=200, batch_size=32, seq_len=128, lr=1e-3, warmup_steps=20),
+            model=model,
+            pretrain=PretrainConfig(
+                objective=objective, max_steps=200, batch_size=32, seq_len=128, lr=1e-3, warmup_steps=20
+            ),
             finetune=finetune,
             registry=RegisterConfig(),
         )
@@ -79,8 +90,10 @@ def _preset_sections(name: str, data_dir: Path) -> dict[str, Any]:
         return dict(
             ingest=IngestConfig(paths=[corpus]),
             tokenizer=TokenizerConfig(vocab_size=16000 if name == "mini" else 32000),
-            model=model_preset(name),
-            pretrain=PretrainConfig(max_steps=5000, lr=5e-4, warmup_steps=500, use_gpu=True, num_workers=1),
+            model=model,
+            pretrain=PretrainConfig(
+                objective=objective, max_steps=5000, lr=5e-4, warmup_steps=500, use_gpu=True, num_workers=1
+            ),
             finetune=finetune,
         )
     raise ConfigError(f"unknown preset {name!r}; choose one of tiny, mini, small, base")
@@ -90,10 +103,15 @@ def build_params(
     preset: str = "tiny",
     overrides: list[str] | None = None,
     data_dir: Path | None = None,
+    family: str = "encoder",
+    arch: str = "",
     **top: Any,
 ) -> PipelineParams:
-    """Preset, then ``section.field=value`` overrides (values parsed as JSON when they parse)."""
-    sections = _preset_sections(preset, data_dir or default_data_dir())
+    """Preset for a family (and optionally an architecture: albert, bart), then
+    ``section.field=value`` overrides (values parsed as JSON when they parse)."""
+    if family not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model family {family!r}; choose one of {sorted(MODEL_PRESETS)}")
+    sections = _preset_sections(preset, data_dir or default_data_dir(), family, arch)
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         section, dot, fld = key.partition(".")
@@ -101,7 +119,7 @@ def build_params(
             raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE with SECTION in {SECTIONS}")
         current = sections.get(section) or PipelineParams.model_fields[section].default_factory()
         sections[section] = with_overrides(current, **{fld: _parse_value(raw, getattr(current, fld, None))})
-    return PipelineParams(preset=preset, **sections, **top)
+    return PipelineParams(preset=preset, family=family, **sections, **top)
 
 
 def _parse_value(raw: str, current: Any) -> Any:

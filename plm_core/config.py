@@ -108,13 +108,31 @@ MODEL_PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# Architectures that differ from their family's defaults in more than the name.
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "albert": dict(arch="albert", embedding_size=128, share_layers=True),
+    "bart": dict(
+        arch="bart",
+        position="learned",
+        norm="post",
+        norm_type="layernorm",
+        activation="gelu",
+        bias=True,
+        layer_norm_eps=1e-5,
+        max_position=1024,
+    ),
+}
+
+
 def model_preset(name: str, family: str = "encoder", **overrides: Any) -> ModelConfig:
-    """Named sizes per family (``tiny``, ``mini``, ``small``, ``base``), overridable field by field."""
+    """Named sizes per family (``tiny``, ``mini``, ``small``, ``base``), overridable field by field;
+    ``arch="albert"`` or ``arch="bart"`` also brings that architecture's switches."""
     if family not in MODEL_PRESETS:
         raise ConfigError(f"unknown model family {family!r}; choose one of {sorted(MODEL_PRESETS)}")
     if name not in MODEL_PRESETS[family]:
         raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS[family])}")
-    return ModelConfig(**{**MODEL_PRESETS[family][name], **overrides})
+    arch = ARCH_DEFAULTS.get(overrides.get("arch", ""), {})
+    return ModelConfig(**{**MODEL_PRESETS[family][name], **arch, **overrides})
 
 
 @dataclass
@@ -126,6 +144,23 @@ class IngestConfig:
     id_field: str = "id"  # optional in the input; generated from file and line when absent
     max_docs: int = 0  # 0 = all; a cap for quick runs
     rows_per_shard: int = 10_000
+    # "strict": invalid UTF-8 is an error naming file, line and byte offset; "replace": bad bytes
+    # become U+FFFD and the record is kept and counted (counts["decode_replaced"]).
+    encoding_errors: str = "strict"
+    # "error": a malformed record (bad JSON, wrong types, a binary file) stops the stage naming file
+    # and line; "skip": it becomes a counted reject with its reason in rejects.parquet.
+    bad_records: str = "error"
+    # A record larger than this is rejected as "too_large" without being decoded, so one 1 GB line
+    # cannot take the memory of the whole stage.
+    max_record_bytes: int = 64 * 1024 * 1024
+    # A `datasets` source read alongside `paths`: a hub id ("wikitext"), a builder with data files
+    # ("json" + hf_data_files) or a directory written by `Dataset.save_to_disk`.
+    hf_dataset: str = ""
+    hf_config: str = ""  # the dataset's configuration name, e.g. "wikitext-103-raw-v1"
+    hf_split: str = "train"
+    hf_data_files: list[str] = field(default_factory=list)  # for builders such as "json" / "parquet"
+    hf_revision: str = ""  # a hub commit or tag; pin it, or the cache key cannot see hub changes
+    hf_streaming: bool = True  # iterate records as they download instead of converting the whole set
 
 
 @dataclass
@@ -139,6 +174,44 @@ class CleanConfig:
     validation_fraction: float = 0.02
     split_seed: int = 0
     target_shard_bytes: int = 64 * 1024 * 1024
+    num_workers: int = 2  # processes for the per-row-group pass (normalise, filter, hash)
+    # Line-level filter: drop lines in which more than this share of the non-space characters are
+    # neither letters nor digits ("* * *", "-----", ASCII art); 1.0 keeps every line.
+    max_line_symbol_fraction: float = 0.5
+    # Document-level quality rules (Gopher, Rae et al. 2021, section A.1.1); each reject records the
+    # first rule it fails. The word limits are in whitespace-separated words; 0 = no upper limit
+    # (Gopher's 100k suits web pages, not books).
+    quality_filter: bool = True
+    min_words: int = 50
+    max_words: int = 0
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    max_symbol_word_ratio: float = 0.1  # ("#" + "..." + "…") per word
+    min_alpha_word_fraction: float = 0.8  # words holding at least one letter
+    min_stop_words: int = 2  # of: the be to of and that have with
+    max_bullet_line_fraction: float = 0.9
+    max_ellipsis_line_fraction: float = 0.3
+    # Shares of lines / paragraphs that repeat an earlier one of the document. Gopher uses 0.3 for
+    # the counts; plays, verse and letters repeat short lines (speaker names, refrains, signatures)
+    # and reach 0.42 on the Gutenberg books while their character shares stay under 0.11, so the
+    # counts get 0.5 here and the character shares keep Gopher's 0.2, which is what catches spam.
+    max_duplicate_line_fraction: float = 0.5
+    max_duplicate_line_char_fraction: float = 0.2
+    max_duplicate_paragraph_fraction: float = 0.5
+    max_duplicate_paragraph_char_fraction: float = 0.2
+    # Share of word characters taken by the most frequent 2-, 3- and 4-gram.
+    max_top_ngram_char_fraction: list[float] = field(default_factory=lambda: [0.20, 0.18, 0.16])
+    # Share of word characters inside repeated 5- ... 10-grams (their second and later occurrences).
+    max_duplicate_ngram_char_fraction: list[float] = field(
+        default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10]
+    )
+    # Near dedup: MinHash over word n-gram shingles (lowercased, punctuation dropped) with LSH
+    # banding; documents whose estimated Jaccard similarity reaches the threshold form a cluster.
+    near_dedup: bool = True
+    near_dedup_threshold: float = 0.8
+    near_dedup_ngram: int = 5
+    near_dedup_num_perm: int = 128  # signature length; the estimate's std is sqrt(J(1-J)/num_perm)
+    near_dedup_seed: int = 0
 
 
 @dataclass
@@ -160,6 +233,9 @@ class PackConfig:
 
     num_workers: int = 2
     batch_docs: int = 64
+    # "auto": Ray tasks when RAY_ADDRESS is set (a cluster's workers read the shards themselves),
+    # else a local process pool; "process" or "ray" force one.
+    backend: str = "auto"
 
 
 @dataclass

@@ -32,7 +32,7 @@ from plm_core.finetune.task_data import (
     load_classification,
     pad_batch,
 )
-from plm_core.models.encoder import BertForSequenceClassification
+from plm_core.models.factory import classification_model
 from plm_core.models.io import load_config, load_encoder_into, save_model
 from plm_core.serving.classifier import predict_logits
 from plm_core.tokenizer import Tokenizer
@@ -77,7 +77,7 @@ def subsample(data: ClassificationData, max_examples: int, seed: int) -> Classif
 
 def build_classifier(
     model_cfg: ModelConfig, num_labels: int, vocab_size: int, pretrained_dir: Path | None
-) -> tuple[BertForSequenceClassification, ModelConfig]:
+) -> tuple[torch.nn.Module, ModelConfig]:
     """The model and the body config it was built with.
 
     With a pretrained directory its config.json wins over ``model_cfg``: the checkpoint's tensors
@@ -92,7 +92,7 @@ def build_classifier(
         raise ConfigError(
             f"{source}: vocab_size {body_cfg.vocab_size} is smaller than the tokenizer's {vocab_size}"
         )
-    model = BertForSequenceClassification(body_cfg, num_labels)
+    model = classification_model(body_cfg, num_labels)
     if pretrained_dir is not None:
         load_encoder_into(model, pretrained_dir)
     return model, body_cfg

@@ -24,7 +24,7 @@ from plm_core.finetune.task_data import (
     load_classification,
     pad_batch,
 )
-from plm_core.models.encoder import BertForSequenceClassification
+from plm_core.models.factory import classification_model
 from plm_core.models.io import load_config, load_weights
 from plm_core.tokenizer import Tokenizer
 
@@ -64,7 +64,7 @@ class ClassifierPredictor:
         self.labels: list[str] = list(extra["labels"])
         self.max_len = int(extra["max_len"])
         self.tokenizer = Tokenizer.load(self.model_dir / "tokenizer")
-        self.model = BertForSequenceClassification(cfg, len(self.labels))
+        self.model = classification_model(cfg, len(self.labels))
         load_weights(self.model, self.model_dir)
         self.model.eval()
 

@@ -23,8 +23,9 @@ from ray.train.torch import TorchTrainer
 from plm_core.config import ModelConfig, PretrainConfig
 from plm_core.data.loader import PackedSequences
 from plm_core.errors import ConfigError, InputError
-from plm_core.models.encoder import BertForMaskedLM
+from plm_core.models.factory import pretraining_model
 from plm_core.models.io import load_weights, save_model
+from plm_core.objectives.registry import check_objectives
 from plm_core.train.checkpoint import read_trainer_state
 from plm_core.train.loop import train_loop_per_worker
 from plm_core.train.plots import plot_loss_curve
@@ -39,15 +40,12 @@ def _read_tokenizer(tokenizer_dir: Path) -> dict[str, Any]:
 
 def _check(model_cfg: ModelConfig, cfg: PretrainConfig, tokenizer: dict[str, Any], pack_dir: Path) -> None:
     """Fail in the driver, with a one-line message, what would otherwise fail inside every worker."""
-    if cfg.objective != "mlm":
-        raise ConfigError(f"pretrain objective {cfg.objective!r} is not supported yet; use 'mlm'")
-    if model_cfg.family != "encoder":
-        raise ConfigError(f"the MLM objective needs an encoder model, got family {model_cfg.family!r}")
+    check_objectives(model_cfg.family, cfg)
     if model_cfg.vocab_size < tokenizer["vocab_size"]:
         raise ConfigError(
             f"model vocab_size {model_cfg.vocab_size} < tokenizer vocab_size {tokenizer['vocab_size']}"
         )
-    if cfg.seq_len > model_cfg.max_position:
+    if cfg.seq_len > model_cfg.max_position and model_cfg.position == "learned":
         raise ConfigError(f"seq_len {cfg.seq_len} exceeds the model's max_position {model_cfg.max_position}")
     if cfg.max_steps < 1:
         raise ConfigError(f"max_steps must be >= 1, got {cfg.max_steps}")
@@ -83,7 +81,7 @@ def pretrain(
     mlflow_tracking_uri: str | None = None,
     mlflow_run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Pretrain with MLM on ``cfg.num_workers`` Ray workers and write the model into ``out_dir``.
+    """Pretrain with the family's objective on ``cfg.num_workers`` Ray workers and write the model into ``out_dir``.
 
     Rerunning with the same ``storage_path`` and ``run_name`` resumes from the run's last
     checkpoint. Returns {"steps", "first_loss", "final_loss", "val_loss", "tokens_seen",
@@ -100,6 +98,7 @@ def pretrain(
         train_loop_config={
             "pack_dir": str(Path(pack_dir).resolve()),
             "tokenizer": tokenizer,
+            "tokenizer_dir": str(Path(tokenizer_dir).resolve()),
             "model": asdict(model_cfg),
             "pretrain": asdict(cfg),
             "mlflow_tracking_uri": mlflow_tracking_uri,
@@ -121,12 +120,12 @@ def pretrain(
     result = trainer.fit()
     seconds = time.time() - started
 
-    model = BertForMaskedLM(model_cfg)
+    model = pretraining_model(model_cfg, cfg)
     with result.checkpoint.as_directory() as ckpt_dir:
         state = read_trainer_state(Path(ckpt_dir))
         load_weights(model, Path(ckpt_dir))
     out_dir = Path(out_dir)
-    save_model(model, model_cfg, out_dir, extra={"task": "mlm", "pretrain": asdict(cfg)})
+    save_model(model, model_cfg, out_dir, extra={"task": cfg.objective, "pretrain": asdict(cfg)})
 
     summary = {
         "steps": state.step,

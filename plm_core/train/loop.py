@@ -1,6 +1,11 @@
-"""The per-worker MLM pretraining loop that Ray Train's ``TorchTrainer`` runs on every worker.
+"""The per-worker pretraining loop that Ray Train's ``TorchTrainer`` runs on every worker.
 
-``MLMPretrainer`` is one worker's share of the work (model, optimizer, data order, a step, an
+The objective follows the model family (``plm_core.objectives.registry``): MLM, whole-word or span
+masking (+ NSP/SOP) for the encoder, next-token prediction for the decoder, span corruption or
+denoising for seq2seq. Every objective is a collator ``ids -> model kwargs``, so one loop trains
+all of them with ``model(**batch)["loss"]``.
+
+``Pretrainer`` is one worker's share of the work (model, optimizer, data order, a step, an
 evaluation, checkpoints) and knows nothing of Ray, so tests drive it in-process.
 ``train_loop_per_worker`` adds what Ray provides: rank, device, DDP, checkpoint reporting, resume.
 
@@ -32,8 +37,10 @@ from torch import nn
 
 from plm_core.config import ModelConfig, PretrainConfig
 from plm_core.data.loader import PackedSequences
-from plm_core.models.encoder import IGNORE_INDEX, BertForMaskedLM
-from plm_core.objectives.mlm import mask_tokens
+from plm_core.models.encoder import IGNORE_INDEX
+from plm_core.models.factory import pretraining_model
+from plm_core.objectives.registry import build_collator, check_objectives
+from plm_core.objectives.sentence_order import SentencePairs
 from plm_core.train.checkpoint import TrainerState, load_checkpoint, save_checkpoint
 from plm_core.train.optim import build_optimizer, build_scheduler
 
@@ -48,12 +55,13 @@ def derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0])
 
 
-class MLMPretrainer:
-    """One worker of masked-LM pretraining on a packed token directory.
+class Pretrainer:
+    """One worker of pretraining on a packed token directory.
 
     ``config`` is the ``train_loop_config`` built by ``plm_core.train.distributed.pretrain``:
     ``pack_dir``, ``tokenizer`` (tokenizer.json as a dict), ``model`` and ``pretrain`` (asdict of
-    ``ModelConfig`` / ``PretrainConfig``). ``wrap_model`` moves the model to its device and wraps
+    ``ModelConfig`` / ``PretrainConfig``), and ``tokenizer_dir`` where an objective needs the
+    SentencePiece pieces (whole-word and span masking, BART sentence permutation). ``wrap_model`` moves the model to its device and wraps
     it for data parallelism (Ray's ``prepare_model``); without it the model stays unwrapped.
     """
 
@@ -68,22 +76,21 @@ class MLMPretrainer:
     ) -> None:
         self.cfg = PretrainConfig(**config["pretrain"])
         self.model_cfg = ModelConfig(**config["model"])
-        tokenizer = config["tokenizer"]
-        self.mask_id = int(tokenizer["mask_id"])
-        self.special_ids = [int(i) for i in tokenizer["special_ids"]]
-        self.tokenizer_vocab = int(tokenizer["vocab_size"])
+        check_objectives(self.model_cfg.family, self.cfg)
+        self.collate = _collator(config, self.cfg)
         self.rank, self.world_size = rank, world_size
         self.device = device or torch.device("cpu")
 
         torch.manual_seed(self.cfg.seed)  # the same initial weights on every rank
-        self.raw_model = BertForMaskedLM(self.model_cfg)
+        self.raw_model = pretraining_model(self.model_cfg, self.cfg)
         self.model: nn.Module = wrap_model(self.raw_model) if wrap_model else self.raw_model.to(self.device)
         self.optimizer = build_optimizer(self.raw_model, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.scheduler = build_scheduler(
             self.optimizer, warmup_steps=self.cfg.warmup_steps, max_steps=self.cfg.max_steps
         )
-        self.train_data = PackedSequences(config["pack_dir"], "train", self.cfg.seq_len)
-        self.val_data = PackedSequences(config["pack_dir"], "validation", self.cfg.seq_len)
+        self.train_data, self.val_data = (
+            _dataset(config, self.cfg, split) for split in ("train", "validation")
+        )
         self.state = TrainerState()
         self._orders: dict[int, torch.Tensor] = {}  # epoch -> permutation of the train sequences
 
@@ -104,25 +111,22 @@ class MLMPretrainer:
             del self._orders[stale]
         return torch.stack([self._epoch_order(int(e))[o] for e, o in zip(epochs, offsets, strict=True)])
 
-    def _masked_batch(
-        self, data: PackedSequences, indices: torch.Tensor, seed: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = torch.stack([data[int(i)] for i in indices])  # [B, T]
+    def _batch(
+        self, data: PackedSequences | SentencePairs, indices: torch.Tensor, seed: int
+    ) -> dict[str, torch.Tensor]:
+        """The model's keyword arguments for ``indices``, corrupted with randomness from ``seed``."""
         g = torch.Generator().manual_seed(seed)
-        inputs, labels = mask_tokens(
-            ids,
-            mask_id=self.mask_id,
-            vocab_size=self.tokenizer_vocab,
-            special_ids=self.special_ids,
-            probability=self.cfg.mlm_probability,
-            generator=g,
-        )
-        return inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+        if isinstance(data, SentencePairs):
+            batch = data.batch(indices, g)  # [CLS] A [SEP] B [SEP] rows + segment ids + labels
+            batch.update(self.collate(batch["input_ids"], g))
+        else:
+            batch = self.collate(torch.stack([data[int(i)] for i in indices]), g)  # from [B, T]
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    def train_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs [B, T], labels [B, T]) of the next update on this rank."""
+    def train_batch(self) -> dict[str, torch.Tensor]:
+        """The next update's batch on this rank (``input_ids``, ``labels``, ... per objective)."""
         indices = self.train_indices(self.state.samples_seen)
-        return self._masked_batch(
+        return self._batch(
             self.train_data, indices, derived_seed(self.cfg.seed, _MASKS, self.state.step, self.rank)
         )
 
@@ -140,11 +144,11 @@ class MLMPretrainer:
     def train_step(self) -> dict[str, float]:
         """One update; returns {"loss" (mean over ranks), "lr", "grad_norm"} and advances the state."""
         started = time.perf_counter()
-        inputs, labels = self.train_batch()
+        batch = self.train_batch()
         torch.manual_seed(derived_seed(self.cfg.seed, _DROPOUT, self.state.step, self.rank))
         self.model.train()
         with self._autocast():
-            loss = self.model(inputs, labels=labels)["loss"]
+            loss = self.model(**batch)["loss"]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
@@ -164,7 +168,7 @@ class MLMPretrainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Masked-token loss and perplexity over ``eval_batches`` global batches of validation data.
+        """Loss per target token and perplexity over ``eval_batches`` global batches of validation data.
 
         The batches and their masks are the same at every evaluation, so the curve compares like
         with like.
@@ -174,12 +178,12 @@ class MLMPretrainer:
         totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # [loss sum, masked tokens]
         for b in range(self.cfg.eval_batches):
             positions = b * B * self.world_size + self.rank + self.world_size * torch.arange(B)  # [B]
-            inputs, labels = self._masked_batch(
+            batch = self._batch(
                 self.val_data, positions % n, derived_seed(self.cfg.seed, _EVAL, b, self.rank)
             )
             with self._autocast():
-                loss = self.raw_model(inputs, labels=labels)["loss"]
-            masked = (labels != IGNORE_INDEX).sum()
+                loss = self.raw_model(**batch)["loss"]
+            masked = (batch["labels"] != IGNORE_INDEX).sum()  # target tokens weigh each batch's mean
             totals += torch.stack([loss.double() * masked, masked.double()])
         loss_sum, count = self._all_reduce_sum(totals).tolist()
         val = {"val_loss": loss_sum / max(count, 1.0), "perplexity": math.exp(loss_sum / max(count, 1.0))}
@@ -196,13 +200,44 @@ class MLMPretrainer:
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             state=self.state,
-            extra={"task": "mlm", "pretrain": asdict(self.cfg)},
+            extra={"task": self.cfg.objective, "pretrain": asdict(self.cfg)},
         )
 
     def restore(self, ckpt_dir: Path) -> None:
         self.state = load_checkpoint(
             ckpt_dir, model=self.raw_model, optimizer=self.optimizer, scheduler=self.scheduler
         )
+
+
+def _dataset(config: dict[str, Any], cfg: PretrainConfig, split: str) -> PackedSequences | SentencePairs:
+    if cfg.sentence_objective:
+        pad_id = int(config["tokenizer"]["pad_id"])
+        return SentencePairs(
+            config["pack_dir"], split, cfg.seq_len, kind=cfg.sentence_objective, pad_id=pad_id
+        )
+    return PackedSequences(config["pack_dir"], split, cfg.seq_len)
+
+
+def _collator(config: dict[str, Any], cfg: PretrainConfig) -> Any:
+    """The objective's batch builder; loads the SentencePiece model only when pieces are needed."""
+    word_start = sentence_ends = None
+    needs_pieces = cfg.objective in ("wwm", "span") or (
+        cfg.objective == "denoising" and cfg.permute_sentences
+    )
+    if needs_pieces:
+        from plm_core.objectives.denoising import sentence_end_ids
+        from plm_core.objectives.mlm import word_start_mask
+        from plm_core.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.load(config["tokenizer_dir"])
+        word_start, sentence_ends = word_start_mask(tokenizer), sentence_end_ids(tokenizer)
+    return build_collator(
+        cfg.objective,
+        tokenizer_meta=config["tokenizer"],
+        cfg=cfg,
+        word_start=word_start,
+        sentence_end_ids=sentence_ends,
+    )
 
 
 class _MlflowMetrics:
@@ -230,12 +265,12 @@ def _due(step: int, every: int) -> bool:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point; ``config`` as for ``MLMPretrainer`` plus ``mlflow_tracking_uri`` and
+    """Ray Train entry point; ``config`` as for ``Pretrainer`` plus ``mlflow_tracking_uri`` and
     ``mlflow_run_id`` (both may be None)."""
     cfg = PretrainConfig(**config["pretrain"])
     torch.set_num_threads(cfg.threads_per_worker)
     ctx = ray.train.get_context()
-    trainer = MLMPretrainer(
+    trainer = Pretrainer(
         config,
         rank=ctx.get_world_rank(),
         world_size=ctx.get_world_size(),

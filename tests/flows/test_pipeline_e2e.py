@@ -103,3 +103,28 @@ def test_changing_a_finetune_parameter_reruns_only_finetune_and_after(first_run,
         assert after[stage] == before[stage], stage
     for stage in ("finetune", "evaluate", "register"):
         assert changed["stages"][stage] != summary["stages"][stage], stage
+
+
+@pytest.mark.parametrize(("family", "arch"), [("decoder", ""), ("seq2seq", ""), ("seq2seq", "bart")])
+def test_every_family_runs_end_to_end(first_run, tiny_data, family: str, arch: str) -> None:
+    """`plm run --family ...`: the data stages come from the cache, the family's objective
+    pretrains, and its classifier is fine-tuned, evaluated and registered."""
+    summary, runs = first_run
+    params = build_params(
+        "tiny",
+        # BART's denoising adds <s> and </s> around each row and may insert masks: room for them.
+        [*tiny_overrides(tiny_data), "registry.model_name=plm-test-" + (arch or family)]
+        + (["model.max_position=96"] if arch == "bart" else []),
+        family=family,
+        arch=arch,
+        runs_dir=str(runs),
+    )
+    result = pipeline(params)
+    for stage in ("ingest", "clean", "tokenizer", "pack"):
+        assert result["stages"][stage] == summary["stages"][stage]
+    pre = read_manifest(result["stages"]["pretrain"])
+    assert pre["params"]["model"]["family"] == family
+    assert pre["params"]["pretrain"]["objective"] == params.pretrain.objective
+    assert pre["counts"]["final_loss"] < pre["counts"]["first_loss"]
+    assert 0.0 <= result["headline"]["dev_accuracy"] <= 1.0
+    assert "candidate" in result["headline"]["aliases"]

@@ -13,7 +13,7 @@ from plm_core.config import ModelConfig, PretrainConfig
 from plm_core.models import BertForMaskedLM
 from plm_core.objectives.mlm import mask_tokens
 from plm_core.train.checkpoint import read_trainer_state
-from plm_core.train.loop import MLMPretrainer
+from plm_core.train.loop import Pretrainer
 from plm_core.train.optim import build_optimizer, build_scheduler, warmup_linear_decay
 from tests.unit.test_loader import write_pack_dir
 
@@ -106,7 +106,7 @@ def _config(pack: Path, **pretrain) -> dict:
 
 
 def test_ranks_read_disjoint_strides_of_one_seeded_order(pack: Path):
-    ranks = [MLMPretrainer(_config(pack), rank=r, world_size=2) for r in range(2)]
+    ranks = [Pretrainer(_config(pack), rank=r, world_size=2) for r in range(2)]
     n = len(ranks[0].train_data)
     stream = torch.cat([ranks[0]._epoch_order(0), ranks[0]._epoch_order(1)])
     for samples_seen in (0, 8, 48):  # the last update wraps from epoch 0 into epoch 1
@@ -115,22 +115,22 @@ def test_ranks_read_disjoint_strides_of_one_seeded_order(pack: Path):
         assert torch.equal(got[1], stream[samples_seen + 1 : samples_seen + 8 : 2])
     assert sorted(stream[:n].tolist()) == list(range(n))
     assert not torch.equal(stream[:n], stream[n:])  # a fresh order each epoch
-    again = MLMPretrainer(_config(pack), rank=0, world_size=2)
+    again = Pretrainer(_config(pack), rank=0, world_size=2)
     assert torch.equal(again.train_indices(8), ranks[0].train_indices(8))
 
 
 def test_resume_from_checkpoint_continues_exactly(pack: Path, tmp_path: Path):
-    straight = MLMPretrainer(_config(pack))
+    straight = Pretrainer(_config(pack))
     for _ in range(6):
         straight.train_step()
 
-    first_half = MLMPretrainer(_config(pack))
+    first_half = Pretrainer(_config(pack))
     for _ in range(3):
         first_half.train_step()
     first_half.save(tmp_path)
     assert read_trainer_state(tmp_path).step == 3
 
-    resumed = MLMPretrainer(_config(pack))
+    resumed = Pretrainer(_config(pack))
     for _ in range(2):  # move weights, AdamW moments, schedule and position away; restore resets all
         resumed.train_step()
     resumed.restore(tmp_path)
@@ -147,7 +147,7 @@ def test_resume_from_checkpoint_continues_exactly(pack: Path, tmp_path: Path):
 
 
 def test_evaluation_is_repeatable_and_loss_falls(pack: Path):
-    trainer = MLMPretrainer(_config(pack, lr=1e-2, eval_batches=2, max_steps=30))
+    trainer = Pretrainer(_config(pack, lr=1e-2, eval_batches=2, max_steps=30))
     before = trainer.evaluate()
     assert trainer.evaluate() == before
     assert before["perplexity"] == pytest.approx(np.exp(before["val_loss"]))
