@@ -23,12 +23,12 @@ run: setup
 	$(VENV)/bin/plm run --preset $(PRESET)
 
 test: setup
-	$(VENV)/bin/ruff check plm_core flows tests bench
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check plm_core flows tests bench
-	$(VENV)/bin/ruff format --check plm_core flows tests bench
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 clean-runs:
 	rm -rf runs
