@@ -206,7 +206,8 @@ class CleanConfig:
         default_factory=lambda: [0.15, 0.14, 0.13, 0.12, 0.11, 0.10]
     )
     # Near dedup: MinHash over word n-gram shingles (lowercased, punctuation dropped) with LSH
-    # banding; documents whose estimated Jaccard similarity reaches the threshold form a cluster.
+    # banding; pairs of documents at or above this Jaccard similarity are caught (90% at exactly
+    # the threshold, estimation noise decides a band just below it) and clustered.
     near_dedup: bool = True
     near_dedup_threshold: float = 0.8
     near_dedup_ngram: int = 5

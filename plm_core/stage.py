@@ -3,7 +3,8 @@ and atomic appearance.
 
 A stage body writes into a temporary sibling directory; only after every file is written and
 fsynced does the directory get renamed to its final name, so a killed run never leaves a
-half-written stage output under its final name. The manifest's ``digest`` covers only content
+half-written stage output under its final name, and the next run of the stage deletes the
+temporary directory a killed run left behind. The manifest's ``digest`` covers only content
 (file hashes), not timestamps or code versions, so downstream cache keys change exactly when the
 bytes a stage produced change.
 """
@@ -109,6 +110,34 @@ def ref_of(stage_dir: str | Path) -> StageRef:
     return StageRef(stage=m["stage"], path=str(Path(stage_dir).resolve()), digest=m["digest"])
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_siblings(out: Path) -> list[Path]:
+    """Delete what killed runs left beside ``out``: ``.<name>.tmp-<pid>-<hex>`` directories whose
+    process is gone, and ``.<name>.old-<hex>`` trash. Return what was removed.
+
+    A live process's temporary directory is left alone, so two runs of the same stage can overlap
+    without one deleting the other's work (the pid check assumes one host per runs directory).
+    """
+    removed = []
+    for p in out.parent.glob(f".{out.name}.*"):
+        kind, _, rest = p.name[len(out.name) + 2 :].partition("-")
+        pid = rest.partition("-")[0]
+        stale = kind == "old" or (kind == "tmp" and not (pid.isdigit() and _pid_alive(int(pid))))
+        if stale and p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def run_stage(
     stage: str,
     out_dir: str | Path,
@@ -124,7 +153,8 @@ def run_stage(
     """
     out = Path(out_dir).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_stale_siblings(out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     started = time.time()
     try:

@@ -25,6 +25,11 @@ ROW_GROUP_BYTES = 4 * 1024 * 1024
 ROW_GROUP_MAX_ROWS = 65_536
 
 DOC_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("text", pa.string())])
+# One row per record a stage dropped: why, and for duplicates the id of the document kept instead.
+REJECT_SCHEMA = pa.schema(
+    [("id", pa.string()), ("source", pa.string()), ("reason", pa.string()), ("duplicate_of", pa.string())]
+)
+REJECTS_FILE = "rejects.parquet"
 
 
 def _row_bytes(table: pa.Table) -> np.ndarray:

@@ -31,12 +31,12 @@ _DATA_SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 def _make_data_text(seed: int, paragraphs: int = 3, sentences: int = 4) -> str:
     """Deterministic pseudo-English: paragraphs of capitalised sentences, blank-line separated."""
     rng = random.Random(seed)
-    words = _DATA_VOCABULARY.split()
+    vocabulary = _DATA_VOCABULARY.split()
     paras = []
     for _ in range(paragraphs):
         sents = []
         for _ in range(sentences):
-            words = rng.choices(words, k=rng.randint(5, 14))
+            words = rng.choices(vocabulary, k=rng.randint(5, 14))
             sents.append(" ".join(words).capitalize() + rng.choice([".", ".", "!", "?"]))
         paras.append(" ".join(sents))
     return "\n\n".join(paras)

@@ -9,9 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from plm_core.config import CleanConfig, IngestConfig
-from plm_core.data.clean import clean, dedup_keys, normalize_batch
+from plm_core.data.clean import CLUSTERS_FILE, clean
+from plm_core.data.dedup import dedup_keys
 from plm_core.data.gutenberg import locate_boilerplate, strip_gutenberg
 from plm_core.data.ingest import ingest
+from plm_core.data.normalize import normalize_batch
 from plm_core.data.shards import DOC_SCHEMA, ShardWriter, shard_files
 from plm_core.errors import ConfigError
 
@@ -51,9 +53,11 @@ def _read(directory: Path) -> list[dict[str, str]]:
 
 
 def _clean(tmp_path: Path, ingest_dir: Path, **overrides: object) -> tuple[dict, Path]:
+    """Clean with one worker; sentence-sized test texts are below the quality rules' word counts,
+    so tests of other behaviour switch those rules off (test_quality.py covers them)."""
     out = tmp_path / "clean"
     out.mkdir()
-    cfg = CleanConfig(**{"min_chars": 10, **overrides})
+    cfg = CleanConfig(**{"min_chars": 10, "num_workers": 1, "quality_filter": False, **overrides})
     return clean(ingest_dir, cfg, out), out
 
 
@@ -196,7 +200,9 @@ def test_duplicate_kept_is_smallest_source_then_id_not_first_read(tmp_path: Path
 
 def test_exact_dedup_can_be_switched_off(tmp_path: Path) -> None:
     rows = [(f"d{i}", "s", "identical text, over ten chars") for i in range(3)]
-    counts, _ = _clean(tmp_path, _write_ingest(tmp_path / "ingest", rows), exact_dedup=False)
+    counts, _ = _clean(
+        tmp_path, _write_ingest(tmp_path / "ingest", rows), exact_dedup=False, near_dedup=False
+    )
     assert counts["train"] + counts["validation"] == 3
     assert counts["rejected"] == {}
 
@@ -214,7 +220,11 @@ def test_split_is_deterministic_and_always_has_validation(
     second = tmp_path / "second"
     for target in (first, second):
         target.mkdir()
-        clean(ingest_dir, CleanConfig(min_chars=10, validation_fraction=0.3, split_seed=7), target)
+        clean(
+            ingest_dir,
+            CleanConfig(min_chars=10, validation_fraction=0.3, split_seed=7, num_workers=1),
+            target,
+        )
     files = sorted(p.relative_to(first) for p in first.rglob("*.parquet"))
     assert files == sorted(p.relative_to(second) for p in second.rglob("*.parquet"))
     assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
@@ -225,7 +235,7 @@ def test_split_is_deterministic_and_always_has_validation(
     fewer = tmp_path / "fewer"
     fewer.mkdir()
     ingest_few = _write_ingest(tmp_path / "ingest_few", rows[:15])
-    clean(ingest_few, CleanConfig(min_chars=10, validation_fraction=0.3, split_seed=7), fewer)
+    clean(ingest_few, CleanConfig(min_chars=10, validation_fraction=0.3, split_seed=7, num_workers=1), fewer)
     assert {r["id"] for r in _read(fewer / "validation")} == {i for i in validation if int(i[3:]) < 15}
 
 
@@ -238,7 +248,7 @@ def test_shards_follow_target_size(tmp_path: Path, data_text: Callable[..., str]
     assert all(p.stat().st_size < 3 * 8000 for p in parts)
     assert [r["id"] for r in _read(out / "train")] == sorted(r["id"] for r in _read(out / "train"))
     assert not list(out.rglob("*.tmp"))
-    assert sorted(p.name for p in out.iterdir()) == ["rejects.parquet", "train", "validation"]
+    assert sorted(p.name for p in out.iterdir()) == [CLUSTERS_FILE, "rejects.parquet", "train", "validation"]
 
 
 def test_bad_config_is_a_config_error(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -10,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from plm_core.config import IngestConfig
-from plm_core.data.ingest import NO_FILES, ingest, inputs_digest, resolve_inputs
+from plm_core.data.ingest import NO_FILES, ingest, inputs_digest, resolve_inputs, source_digest
 from plm_core.data.shards import DOC_SCHEMA, ShardWriter, shard_files
 from plm_core.errors import InputError
 
@@ -205,3 +207,192 @@ def test_shard_writer_row_groups_files_and_empty_table(tmp_path: Path) -> None:
     with ShardWriter(tmp_path / "empty", DOC_SCHEMA, template="one.parquet", write_empty=True):
         pass
     assert pq.read_table(tmp_path / "empty" / "one.parquet").num_rows == 0
+
+
+def _rejects(out: Path) -> list[dict[str, str]]:
+    return pq.read_table(out / "rejects.parquet").to_pylist()
+
+
+def test_binary_file_is_an_error_or_a_counted_reject(tmp_path: Path) -> None:
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    (corpus / "good.txt").write_text("fine text")
+    (corpus / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    (corpus / "packed.jsonl").write_bytes(b'{"text": "a"}\n\x00\x01\x02')
+    with pytest.raises(InputError, match=r"image\.txt: binary content \(NUL byte at offset 8\)"):
+        ingest(IngestConfig(paths=[str(corpus)]), _out(tmp_path))
+    counts = ingest(IngestConfig(paths=[str(corpus)], bad_records="skip"), tmp_path / "skip")
+    assert counts["rejected"] == {"binary": 2}
+    assert (counts["records_in"], counts["records_out"]) == (3, 1)
+    assert {(r["id"], r["reason"]) for r in _rejects(tmp_path / "skip")} == {
+        ("image", "binary"),
+        ("packed", "binary"),
+    }
+
+
+def test_invalid_utf8_can_be_replaced_and_counted(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_bytes(b"caf\xe9 and more")
+    (tmp_path / "b.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "bad \xff byte"}\n')
+    cfg = IngestConfig(paths=[str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")], encoding_errors="replace")
+    counts = ingest(cfg, _out(tmp_path))
+    assert counts["decode_replaced"] == 2
+    assert counts["records_out"] == 3 and counts["rejected"] == {}
+    texts = {r["id"]: r["text"] for r in _rows(tmp_path / "out")}
+    assert texts["a"] == "caf\ufffd and more"
+    assert texts["b:2"] == "bad \ufffd byte"
+
+
+def test_empty_files(tmp_path: Path) -> None:
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    (tmp_path / "ok.txt").write_text("something")
+    counts = ingest(IngestConfig(paths=[str(tmp_path)]), _out(tmp_path))
+    assert (counts["files"], counts["records_in"], counts["records_out"]) == (3, 2, 1)
+    assert counts["rejected"] == {"empty": 1}
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    with pytest.raises(InputError, match=r"empty\.parquet: not a readable Parquet file"):
+        ingest(IngestConfig(paths=[str(tmp_path)]), tmp_path / "again")
+
+
+def test_corrupt_parquet_names_the_file_or_is_counted(tmp_path: Path) -> None:
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({"text": [f"row {i} " * 50 for i in range(3000)]}), good, row_group_size=500)
+    data = bytearray(good.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 2000] = bytes(2000)  # wipe part of a middle row group
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(InputError) as err:
+        ingest(IngestConfig(paths=[str(bad)]), _out(tmp_path))
+    assert err.value.path == str(bad)
+    counts = ingest(IngestConfig(paths=[str(bad)], bad_records="skip"), tmp_path / "skip")
+    assert counts["rejected"] == {"unreadable_parquet": 1}
+    assert 0 < counts["records_out"] < 3000
+    assert counts["records_in"] == counts["records_out"] + 1
+
+
+def test_malformed_jsonl_lines_can_be_skipped_and_counted(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(
+        "\n".join(
+            [
+                '{"text": "good one"}',
+                '{"text": broken',
+                "[1, 2]",
+                '{"body": "no text"}',
+                '{"text": 5}',
+                '{"text": "bad id", "id": {"x": 1}}',
+                '{"text": "good two"}',
+            ]
+        )
+        + "\n"
+    )
+    counts = ingest(IngestConfig(paths=[str(path)], bad_records="skip"), _out(tmp_path))
+    assert counts["rejected"] == {
+        "bad_id_type": 1,
+        "bad_text_type": 1,
+        "malformed_json": 1,
+        "missing_text": 1,
+        "not_an_object": 1,
+    }
+    assert counts["records_in"] == 7 and counts["records_out"] == 2
+    assert {r["id"]: r["reason"] for r in _rejects(tmp_path / "out")}["mixed:2"] == "malformed_json"
+
+
+def test_a_200_mb_line_is_rejected_without_being_held(tmp_path: Path) -> None:
+    """One 200 MB JSONL line among normal ones: a counted ``too_large`` reject, read in bounded
+    chunks (the ingesting process's peak RSS grows by far less than the line's size)."""
+    path = tmp_path / "huge.jsonl"
+    with open(path, "wb") as f:
+        f.write(b'{"text": "before"}\n{"text": "')
+        block = b"x" * (1 << 20)
+        for _ in range(200):
+            f.write(block)
+        f.write(b'"}\n{"text": "after"}\n')
+    big_txt = tmp_path / "big.txt"
+    big_txt.write_bytes(b"y" * 5000)
+    code = (
+        "import json, resource, sys\n"
+        "from pathlib import Path\n"
+        "from plm_core.config import IngestConfig\n"
+        "from plm_core.data.ingest import ingest\n"
+        "out = Path(sys.argv[1]); out.mkdir()\n"
+        "cfg = IngestConfig(paths=sys.argv[2:], max_record_bytes=4096)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "counts = ingest(cfg, out)\n"
+        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(json.dumps({'counts': counts, 'before_kb': before, 'after_kb': after}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "out"), str(path), str(big_txt)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result["counts"]["rejected"] == {"too_large": 2}
+    assert result["counts"]["records_out"] == 2
+    assert result["after_kb"] - result["before_kb"] < 50 * 1024, result  # the line alone is 200 MB
+    assert sorted(r["text"] for r in _rows(tmp_path / "out")) == ["after", "before"]
+    assert {r["id"] for r in _rejects(tmp_path / "out")} == {"big", "huge:2"}
+
+
+def test_default_record_limit_rejects_a_200_mb_line(tmp_path: Path) -> None:
+    """The default limit (64 MiB) stops a 200 MB line at the reader as well."""
+    path = tmp_path / "huge.jsonl"
+    with open(path, "wb") as f:
+        f.write(b'{"text": "')
+        f.write(b"z" * (200 << 20))
+        f.write(b'"}\n{"text": "kept"}\n')
+    counts = ingest(IngestConfig(paths=[str(path)]), _out(tmp_path))
+    assert counts["rejected"] == {"too_large": 1} and counts["records_out"] == 1
+
+
+def test_hf_json_builder_streaming_and_saved_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": f"record {i}", "id": f"r{i}"}) + "\n" for i in range(5)))
+    cfg = IngestConfig(hf_dataset="json", hf_data_files=[str(data)], hf_split="train")
+    counts = ingest(cfg, _out(tmp_path))
+    assert counts["records_out"] == 5
+    rows = _rows(tmp_path / "out")
+    assert [(r["id"], r["text"]) for r in rows] == [(f"r{i}", f"record {i}") for i in range(5)]
+    assert rows[0]["source"] == "hf:json:train"
+
+    saved = tmp_path / "saved"
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict({"text": ["one", "two", None, ""]})}
+    ).save_to_disk(str(saved))
+    with pytest.raises(InputError, match="text is null"):
+        ingest(IngestConfig(hf_dataset=str(saved)), tmp_path / "strict")
+    counts = ingest(IngestConfig(hf_dataset=str(saved), bad_records="skip"), tmp_path / "saved_out")
+    assert counts["rejected"] == {"bad_text_type": 1, "empty": 1}
+    assert [r["id"] for r in _rows(tmp_path / "saved_out")] == ["saved:1", "saved:2"]
+    with pytest.raises(InputError, match="has no split 'test'"):
+        ingest(IngestConfig(hf_dataset=str(saved), hf_split="test"), tmp_path / "nosplit")
+
+
+def test_hf_errors_name_the_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": oops}\n')
+    with pytest.raises(InputError, match=r"^hf:json:train: "):
+        ingest(IngestConfig(hf_dataset="json", hf_data_files=[str(bad)]), _out(tmp_path))
+    with pytest.raises(InputError, match="no input paths and no hf_dataset"):
+        ingest(IngestConfig(), tmp_path / "none")
+
+
+def test_source_digest_covers_hf_data_files(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "a"}\n')
+    cfg = IngestConfig(hf_dataset="json", hf_data_files=[str(data)])
+    first = source_digest(cfg)
+    assert source_digest(cfg) == first
+    assert source_digest(IngestConfig(hf_dataset="json", hf_data_files=[str(data)], hf_split="x")) != first
+    data.write_text('{"text": "b"}\n')
+    assert source_digest(cfg) != first
+    (tmp_path / "t.txt").write_text("t")
+    assert source_digest(IngestConfig(paths=[str(tmp_path / "t.txt")])) == inputs_digest([tmp_path / "t.txt"])

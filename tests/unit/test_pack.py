@@ -11,6 +11,7 @@ import pytest
 from plm_core.config import PackConfig
 from plm_core.data.pack import encode_documents, pack, text_chunks, token_dtype
 from plm_core.data.shards import shard_files
+from plm_core.errors import ConfigError
 from plm_core.tokenizer import Tokenizer
 
 FILES = ("meta.json", "train.bin", "train.docs.npy", "validation.bin", "validation.docs.npy")
@@ -83,3 +84,25 @@ def test_text_chunks_cut_at_whitespace_and_lose_nothing() -> None:
 def test_token_dtype_widens_past_uint16() -> None:
     assert token_dtype(65536) == np.dtype("<u2")
     assert token_dtype(65537) == np.dtype("<u4")
+
+
+@pytest.mark.slow  # starts a local Ray instance: 15-40 s on the 2-core machine
+def test_ray_backend_writes_the_same_bytes(data_run, data_packed: Path, tmp_path: Path, monkeypatch) -> None:
+    """With RAY_ADDRESS set, pack runs Ray tasks (here on a local Ray started for the test)."""
+    import ray
+
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    out = tmp_path / "ray"
+    out.mkdir()
+    try:
+        pack(data_run.clean_dir, data_run.tokenizer_dir, PackConfig(num_workers=2, batch_docs=3), out)
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
+    for name in FILES:
+        assert (out / name).read_bytes() == (data_packed / name).read_bytes(), name
+
+
+def test_unknown_backend_is_a_config_error(data_run, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="backend"):
+        pack(data_run.clean_dir, data_run.tokenizer_dir, PackConfig(backend="threads"), tmp_path)
