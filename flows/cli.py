@@ -324,6 +324,11 @@ def register(
     _execute(runs_dir, body)
 
 
+from flows.data_report import data_app  # noqa: E402  (after `app`: mounts `plm data report`)
+
+app.add_typer(data_app, name="data")
+
+
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
 
