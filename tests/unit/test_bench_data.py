@@ -30,6 +30,7 @@ def test_bench_runs_on_a_small_corpus(tmp_path: Path, data_text: Callable[..., s
         "pack_1w_over_sentencepiece_1thread",
         "pack_2w_over_pack_1w",
         "pack_2w_over_sentencepiece_2threads",
+        "sentencepiece_2threads_over_1thread",
         "clean_over_pyarrow_read",
     }
     assert result["peak_rss_mb"]["self"] > 0 and result["peak_rss_mb"]["tree"] > 0
