@@ -92,7 +92,7 @@ def _execute(runs_dir: Path, body: Callable[[], Any], preflight: Callable[[], An
     ``preflight`` runs cheap checks (does the corpus exist?) before Prefect starts its API, so a
     typo fails in a second instead of after the server start-up.
     """
-    from flows.common import configure_prefect_home
+    from flows.home import configure_prefect_home
 
     configure_prefect_home(runs_dir)
     try:
@@ -109,9 +109,14 @@ def _execute(runs_dir: Path, body: Callable[[], Any], preflight: Callable[[], An
 
 
 def _check_corpus(params: PipelineParams) -> None:
+    """Local paths must exist; a ``datasets`` source alone is checked when ingest loads it."""
     from plm_core.data.ingest import resolve_inputs
+    from plm_core.errors import InputError
 
-    resolve_inputs(params.ingest.paths)
+    if params.ingest.paths:
+        resolve_inputs(params.ingest.paths)
+    elif not params.ingest.hf_dataset:
+        raise InputError("(no paths)", "no input paths and no hf_dataset given")
 
 
 def _ref(path: Path) -> Any:

@@ -9,7 +9,6 @@ refreshed instead of returning a path to nothing.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +45,3 @@ def call_stage(task: Any, out_dir: Path, *, force: bool = False, **kwargs: Any) 
     else:
         logger.info("%s: wrote %s (digest %s)", ref.stage, ref.path, ref.digest[:12])
     return ref
-
-
-def configure_prefect_home(runs_dir: str | Path) -> None:
-    """Keep Prefect's ephemeral database and result store under the run directory, so caches
-    survive between ``plm run`` invocations on one machine. Only applies when no API URL is set
-    and the user has not chosen a PREFECT_HOME; must run before prefect reads its settings."""
-    if os.environ.get("PREFECT_API_URL") or os.environ.get("PREFECT_HOME"):
-        return
-    home = Path(runs_dir).resolve() / ".prefect"
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ["PREFECT_HOME"] = str(home)
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -68,7 +68,7 @@ def report(
     out: Annotated[Path | None, typer.Option(help="Where to write report.md/json and the PNG.")] = None,
 ) -> None:
     """Counts per step, rejects by reason, dedup rate, tokens, and a document-length histogram."""
-    from flows.common import configure_prefect_home
+    from flows.home import configure_prefect_home
 
     configure_prefect_home(runs_dir)
     from flows import data_report
