@@ -292,6 +292,29 @@ class FinetuneConfig:
     seed: int = 0
     from_pretrained: bool = True
     threads: int = 2
+    # the fine-tuning loop (plm_core.finetune.trainer): dev evaluations without improvement
+    # before stopping (0 = never stop early), and a step cap (0 = epochs decide).
+    patience: int = 0
+    max_steps: int = 0
+    lr_schedule: str = "linear"  # after warmup: linear | cosine | constant
+    evals_per_epoch: int = 4
+    mixed_precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU | bf16 | no
+    device: str = "auto"  # auto = cuda when available
+    # classification: a second text field for sentence pairs ("" = single sentences).
+    text_pair_field: str = ""
+    # parameter-efficient fine-tuning (plm_core.finetune.peft): full | lora | adapter (IA3).
+    method: str = "full"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    # knowledge distillation (plm_core.finetune.distill): a fine-tuned classifier directory as
+    # teacher; loss = alpha * CE + (1 - alpha) * T^2 * KL; the student keeps the teacher's sizes
+    # except student_layers / student_hidden (0 = the teacher's).
+    distill_teacher: str = ""
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
+    student_layers: int = 0
+    student_hidden: int = 0
 
 
 @dataclass

@@ -14,7 +14,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,25 +25,26 @@ from tqdm.auto import tqdm
 
 from plm_core.config import FinetuneConfig, ModelConfig
 from plm_core.errors import ConfigError, InputError
+from plm_core.finetune.distill import TEACHER_LOGITS, build_student, distillation_loss_fn
 from plm_core.finetune.metrics import accuracy, macro_f1
+from plm_core.finetune.peft import METHODS, apply_peft, count_parameters, is_peft_model, merge, save_adapter
 from plm_core.finetune.task_data import (
     ClassificationData,
-    encode_for_classification,
+    encode_inputs,
     load_classification,
-    pad_batch,
+    model_inputs,
 )
+from plm_core.finetune.trainer import TrainerConfig, TrainResult, default_loss, fit
 from plm_core.models.factory import classification_model
-from plm_core.models.io import load_config, load_encoder_into, save_model
+from plm_core.models.io import load_config, load_encoder_into, load_weights, save_model
 from plm_core.serving.classifier import predict_logits
 from plm_core.tokenizer import Tokenizer
-from plm_core.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
 MetricsCallback = Callable[[dict[str, float], int], None]
 
 GRAD_CLIP = 1.0
-EVALS_PER_EPOCH = 4
 BUCKET_CHUNK_BATCHES = 50
 LOG_EVERY_STEPS = 50
 EVAL_BATCH_SIZE = 128
@@ -68,11 +69,7 @@ def subsample(data: ClassificationData, max_examples: int, seed: int) -> Classif
     if max_examples <= 0 or len(data) <= max_examples:
         return data
     keep = np.sort(np.random.default_rng(seed).choice(len(data), size=max_examples, replace=False))
-    return ClassificationData(
-        texts=[data.texts[i] for i in keep],
-        label_ids=[data.label_ids[i] for i in keep],
-        label_names=data.label_names,
-    )
+    return data.subset(keep.tolist())
 
 
 def build_classifier(
@@ -100,112 +97,153 @@ def build_classifier(
 
 @dataclass
 class _Encoded:
-    """Model-ready examples: ``[CLS] ids [SEP]`` sequences and their label ids."""
+    """Model-ready examples: ``[CLS] a [SEP] (b [SEP])`` sequences, their segment ids (pairs
+    only) and label ids."""
 
     sequences: list[list[int]]
+    segments: list[list[int]] | None
     labels: list[int]
 
+    @classmethod
+    def of(cls, tokenizer: Tokenizer, data: ClassificationData, max_len: int) -> _Encoded:
+        sequences, segments = encode_inputs(tokenizer, data.texts, max_len, data.text_pairs)
+        return cls(sequences, segments, data.label_ids)
 
-class _DevTracker:
-    """Scores dev, reports it, and keeps a copy of the best weights (by dev accuracy)."""
+    def batch(self, idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+        segments = None if self.segments is None else [self.segments[i] for i in idx]
+        inputs = model_inputs([self.sequences[i] for i in idx], pad_id, segments)
+        inputs["labels"] = torch.tensor([self.labels[i] for i in idx], dtype=torch.long)
+        return inputs
 
-    def __init__(
-        self, dev: _Encoded, pad_id: int, num_labels: int, on_metrics: MetricsCallback | None
-    ) -> None:
-        self.dev, self.pad_id, self.num_labels, self.on_metrics = dev, pad_id, num_labels, on_metrics
-        self.history: list[dict[str, float]] = []
-        self.best: dict[str, float] = {"dev_accuracy": -1.0}
-        self._best_state: dict[str, torch.Tensor] = {}
-        self._started = time.perf_counter()
+    def logits(self, model: torch.nn.Module, pad_id: int) -> torch.Tensor:
+        return predict_logits(model, self.sequences, pad_id, EVAL_BATCH_SIZE, self.segments)
 
-    def score(self, model: torch.nn.Module, step: int, epoch: float) -> None:
-        logits = predict_logits(model, self.dev.sequences, self.pad_id, EVAL_BATCH_SIZE)
-        predicted = logits.argmax(dim=-1).tolist()
-        scores = {
-            "dev_accuracy": accuracy(self.dev.labels, predicted),
-            "dev_f1": macro_f1(self.dev.labels, predicted, self.num_labels),
+
+def dev_scorer(dev: _Encoded, pad_id: int, num_labels: int) -> Callable[[torch.nn.Module], dict[str, float]]:
+    """``trainer.fit``'s ``evaluate``: dev accuracy and macro F1."""
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        predicted = dev.logits(model, pad_id).argmax(dim=-1).tolist()
+        return {
+            "dev_accuracy": accuracy(dev.labels, predicted),
+            "dev_f1": macro_f1(dev.labels, predicted, num_labels),
         }
-        record = {"step": step, "epoch": epoch, **scores, "seconds": time.perf_counter() - self._started}
-        self.history.append(record)
-        log.info("step %d epoch %.2f dev accuracy %.4f f1 %.4f", step, epoch, *scores.values())
-        if self.on_metrics is not None:
-            self.on_metrics(scores, step)
-        if record["dev_accuracy"] > self.best["dev_accuracy"]:
-            self.best = record
-            self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    def load_best_into(self, model: torch.nn.Module) -> None:
-        model.load_state_dict(self._best_state)
+    return evaluate
 
 
-def _eval_points(batches_per_epoch: int) -> set[int]:
-    """1-based step counts within an epoch after which dev is scored; always includes the last."""
-    return {math.ceil(k * batches_per_epoch / EVALS_PER_EPOCH) for k in range(1, EVALS_PER_EPOCH + 1)}
+def trainer_config(cfg: FinetuneConfig, metric: str = "dev_accuracy") -> TrainerConfig:
+    """The loop settings of a FinetuneConfig (shared by every task's fine-tuning)."""
+    return TrainerConfig(
+        epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        warmup_ratio=cfg.warmup_ratio,
+        lr_schedule=cfg.lr_schedule,
+        grad_clip=GRAD_CLIP,
+        evals_per_epoch=cfg.evals_per_epoch,
+        patience=cfg.patience,
+        metric=metric,
+        mixed_precision=cfg.mixed_precision,
+        device=cfg.device,
+        seed=cfg.seed,
+        log_every=LOG_EVERY_STEPS,
+    )
 
 
 def _load_task(cfg: FinetuneConfig) -> tuple[ClassificationData, ClassificationData]:
     for name in ("train_path", "dev_path"):
         if not getattr(cfg, name):
             raise ConfigError(f"FinetuneConfig.{name} is empty")
-    train = load_classification(cfg.train_path, cfg.text_field, cfg.label_field)
+    fields = dict(text_field=cfg.text_field, label_field=cfg.label_field, text_pair_field=cfg.text_pair_field)
+    train = load_classification(cfg.train_path, **fields)
     if len(train.label_names) < 2:
         raise InputError(cfg.train_path, f"only one label ({train.label_names[0]!r}); nothing to classify")
-    dev = load_classification(cfg.dev_path, cfg.text_field, cfg.label_field, labels=train.label_names)
+    dev = load_classification(cfg.dev_path, labels=train.label_names, **fields)
     return subsample(train, cfg.max_train_examples, cfg.seed), dev
+
+
+@dataclass
+class _Teacher:
+    """A fine-tuned classifier directory loaded as a distillation teacher."""
+
+    model: torch.nn.Module
+    cfg: ModelConfig
+    labels: list[str]
+
+    @classmethod
+    def load(cls, model_dir: Path, tokenizer_dir: Path, labels: list[str]) -> _Teacher:
+        body_cfg, extra = load_config(model_dir)
+        if extra.get("task") != "classification":
+            raise ConfigError(
+                f"distill_teacher {model_dir} is a {extra.get('task')!r} model, not a classifier"
+            )
+        if list(extra["labels"]) != labels:
+            raise ConfigError(
+                f"distill_teacher {model_dir} has labels {extra['labels']}, the data has {labels}"
+            )
+        for name in TOKENIZER_FILES[:1]:
+            if (model_dir / "tokenizer" / name).read_bytes() != (tokenizer_dir / name).read_bytes():
+                raise ConfigError(
+                    f"distill_teacher {model_dir} was trained with another tokenizer than {tokenizer_dir}"
+                )
+        model = classification_model(body_cfg, len(labels))
+        load_weights(model, model_dir)
+        return cls(model.eval(), body_cfg, labels)
+
+
+def _build_model(
+    cfg: FinetuneConfig,
+    model_cfg: ModelConfig,
+    num_labels: int,
+    tokenizer: Tokenizer,
+    tokenizer_dir: Path,
+    pretrained_dir: Path | None,
+    labels: list[str],
+) -> tuple[torch.nn.Module, ModelConfig, _Teacher | None]:
+    if not cfg.distill_teacher:
+        model, body_cfg = build_classifier(model_cfg, num_labels, tokenizer.vocab_size, pretrained_dir)
+        return model, body_cfg, None
+    teacher = _Teacher.load(Path(cfg.distill_teacher), tokenizer_dir, labels)
+    student, body_cfg = build_student(teacher.model, teacher.cfg, cfg.student_layers, cfg.student_hidden)
+    return student, body_cfg, teacher
 
 
 def _train(
     model: torch.nn.Module,
     cfg: FinetuneConfig,
     train: _Encoded,
-    tracker: _DevTracker,
+    dev: _Encoded,
+    num_labels: int,
     pad_id: int,
     on_metrics: MetricsCallback | None,
-) -> float:
-    """The step loop, leaving the best dev weights in ``model``; returns the last epoch's mean loss."""
+    teacher_logits: torch.Tensor | None,
+) -> TrainResult:
+    """The step loop (``trainer.fit``) over length-bucketed batches; leaves the best dev weights."""
     rng = np.random.default_rng(cfg.seed)
     lengths = [len(s) for s in train.sequences]
-    labels = torch.tensor(train.labels, dtype=torch.long)
-    batches_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
-    total_steps = batches_per_epoch * cfg.epochs
-    optimizer = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = max(1, round(cfg.warmup_ratio * total_steps))
-    scheduler = build_scheduler(optimizer, warmup_steps=warmup, max_steps=total_steps)
-    eval_points = _eval_points(batches_per_epoch)
 
-    step = 0
-    window: list[float] = []
-    epoch_loss = 0.0
-    for epoch in range(cfg.epochs):
-        model.train()
-        epoch_loss = 0.0
-        progress = tqdm(
-            bucketed_batches(lengths, cfg.batch_size, rng),
-            desc=f"finetune epoch {epoch + 1}/{cfg.epochs}",
-            mininterval=2.0,
-        )
-        for i, idx in enumerate(progress, start=1):
-            input_ids, attention_mask = pad_batch([train.sequences[j] for j in idx], pad_id)
-            loss = model(input_ids, attention_mask=attention_mask, labels=labels[idx])["loss"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            window.append(float(loss.detach()))
-            epoch_loss += window[-1]
-            if step % LOG_EVERY_STEPS == 0:
-                mean = sum(window) / len(window)
-                progress.set_postfix(loss=f"{mean:.4f}", refresh=False)
-                if on_metrics is not None:
-                    on_metrics({"train_loss": mean, "lr": scheduler.get_last_lr()[0]}, step)
-                window.clear()
-            if i in eval_points:
-                tracker.score(model, step, epoch + i / batches_per_epoch)
-        progress.close()
-    tracker.load_best_into(model)
-    return epoch_loss / batches_per_epoch
+    def batches(epoch: int) -> Iterator[dict[str, torch.Tensor]]:
+        order = bucketed_batches(lengths, cfg.batch_size, rng)
+        for idx in tqdm(order, desc=f"finetune epoch {epoch + 1}/{cfg.epochs}", mininterval=2.0):
+            batch = train.batch(idx, pad_id)
+            if teacher_logits is not None:
+                batch[TEACHER_LOGITS] = teacher_logits[idx]
+            yield batch
+
+    loss_fn = default_loss
+    if teacher_logits is not None:
+        loss_fn = distillation_loss_fn(cfg.distill_alpha, cfg.distill_temperature)
+    return fit(
+        model,
+        batches,
+        math.ceil(len(lengths) / cfg.batch_size),
+        trainer_config(cfg),
+        evaluate=dev_scorer(dev, pad_id, num_labels),
+        on_metrics=on_metrics,
+        loss_fn=loss_fn,
+    )
 
 
 def finetune_classification(
@@ -219,12 +257,19 @@ def finetune_classification(
     """Fine-tune, keep the best dev checkpoint and write a self-contained classifier directory.
 
     ``out_dir`` receives model.safetensors + config.json, tokenizer/ and metrics.json (see
-    docs/contracts.md). ``on_metrics(metrics, step)`` receives train loss every 50 steps and dev
-    scores four times per epoch.
+    docs/contracts.md); with ``cfg.method`` lora/adapter the saved weights are merged (a plain
+    model) and ``adapter/`` holds peft's adapter files as well. With ``cfg.distill_teacher`` the
+    model trained is a student of that classifier (``plm_core.finetune.distill``) and
+    ``pretrained_dir``/``model_cfg`` are not used. ``on_metrics(metrics, step)`` receives train
+    loss every 50 steps and dev scores ``evals_per_epoch`` times per epoch.
     """
     started = time.perf_counter()
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise ConfigError(f"epochs and batch_size must be >= 1, got {cfg.epochs} and {cfg.batch_size}")
+    if cfg.method not in METHODS:
+        raise ConfigError(f"finetune.method {cfg.method!r}; choose one of {list(METHODS)}")
+    if cfg.distill_teacher and cfg.method != "full":
+        raise ConfigError("distillation trains the whole student; use method='full' with distill_teacher")
     tokenizer_dir, out_dir = Path(tokenizer_dir), Path(out_dir)
     pretrained_dir = Path(pretrained_dir) if pretrained_dir is not None else None
     tokenizer = Tokenizer.load(tokenizer_dir, num_threads=cfg.threads)
@@ -235,21 +280,45 @@ def finetune_classification(
     torch.set_num_threads(cfg.threads)
     try:
         torch.manual_seed(cfg.seed)
-        model, body_cfg = build_classifier(model_cfg, num_labels, tokenizer.vocab_size, pretrained_dir)
+        model, body_cfg, teacher = _build_model(
+            cfg, model_cfg, num_labels, tokenizer, tokenizer_dir, pretrained_dir, train.label_names
+        )
         if cfg.max_len > body_cfg.max_position:
             raise ConfigError(
                 f"max_len {cfg.max_len} exceeds the model's max_position {body_cfg.max_position}"
             )
-        encoded_train, encoded_dev = (
-            _Encoded(encode_for_classification(tokenizer, d.texts, cfg.max_len), d.label_ids)
-            for d in (train, dev)
+        encoded_train, encoded_dev = (_Encoded.of(tokenizer, d, cfg.max_len) for d in (train, dev))
+        teacher_logits, teacher_report = None, {}
+        if teacher is not None:
+            teacher_logits = encoded_train.logits(teacher.model, tokenizer.pad_id)
+            teacher_scores = dev_scorer(encoded_dev, tokenizer.pad_id, num_labels)(teacher.model)
+            teacher_report = {
+                "teacher_dev_accuracy": teacher_scores["dev_accuracy"],
+                "teacher_parameters": count_parameters(teacher.model).total,
+                "teacher_layers": teacher.cfg.num_layers,
+                "teacher_hidden": teacher.cfg.hidden_size,
+            }
+            del teacher
+        trained = apply_peft(model, cfg)
+        parameters = count_parameters(trained)
+        log.info(
+            "fine-tuning %s: %d of %d parameters trainable (%.2f%%)",
+            cfg.method,
+            parameters.trainable,
+            parameters.total,
+            100 * parameters.fraction,
         )
-        tracker = _DevTracker(encoded_dev, tokenizer.pad_id, num_labels, on_metrics)
-        train_loss = _train(model, cfg, encoded_train, tracker, tokenizer.pad_id, on_metrics)
+        run = _train(
+            trained, cfg, encoded_train, encoded_dev, num_labels, tokenizer.pad_id, on_metrics, teacher_logits
+        )
     finally:
         torch.set_num_threads(previous_threads)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    trained.to("cpu")
+    if is_peft_model(trained):
+        save_adapter(trained, out_dir)
+    model = merge(trained)
     extra = {
         "task": "classification",
         "num_labels": num_labels,
@@ -258,25 +327,34 @@ def finetune_classification(
         "finetune": asdict(cfg),
         "pretrained_from": str(pretrained_dir) if pretrained_dir is not None else None,
     }
+    if cfg.distill_teacher:
+        extra["distilled_from"] = cfg.distill_teacher
     save_model(model, body_cfg, out_dir, extra=extra)
     (out_dir / "tokenizer").mkdir(exist_ok=True)
     for name in TOKENIZER_FILES:
         shutil.copy2(tokenizer_dir / name, out_dir / "tokenizer" / name)
     seconds = time.perf_counter() - started
     result = {
-        "dev_accuracy": tracker.best["dev_accuracy"],
-        "dev_f1": tracker.best["dev_f1"],
-        "train_loss": train_loss,
+        "dev_accuracy": run.best["dev_accuracy"],
+        "dev_f1": run.best["dev_f1"],
+        "train_loss": run.train_loss,
         "epochs": cfg.epochs,
+        "steps": run.steps,
+        "stopped_early": run.stopped_early,
         "train_examples": len(train),
+        "method": cfg.method,
+        **parameters.as_dict(),
+        **teacher_report,
         "seconds": seconds,
     }
+    if teacher_report:
+        result["student_parameters"] = count_parameters(model).total
     metrics = {
         **result,
         "dev_examples": len(dev),
         "labels": train.label_names,
-        "best": tracker.best,
-        "history": tracker.history,
+        "best": run.best,
+        "history": run.history,
     }
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return result

@@ -14,6 +14,15 @@ Label rule (one place, used by training and by evaluation):
   names are ``["negative", "positive"]`` (SST-2/GLUE binary sentiment) and the ids keep their value.
   Otherwise integer labels are sorted numerically, any other labels as strings.
 
+Sentence pairs (``text_pair_field``, e.g. MNLI premise/hypothesis) are read from a second field
+and encoded ``[CLS] a [SEP] b [SEP]`` with segment ids 0 for ``[CLS] a [SEP]`` and 1 for ``b [SEP]``
+(BERT's layout); when the pair is too long, the longer side loses tokens first (HF's
+``longest_first``).
+
+Local ``.jsonl``/``.csv``/``.tsv`` files are read here line by line, so errors carry the line number;
+``hf:<dataset id>[:<config>]:<split>`` reads a dataset from the HF hub with ``datasets`` (needs
+internet), and its errors name the row instead.
+
 Encoding lives here too so that fine-tuning, evaluation and serving build ``[CLS] ids [SEP]``
 sequences and padded batches in exactly one way.
 """
@@ -32,6 +41,7 @@ import torch
 from plm_core.errors import InputError
 
 BINARY_SENTIMENT_NAMES = ["negative", "positive"]
+HUB_PREFIX = "hf:"
 
 
 @dataclass
@@ -41,6 +51,13 @@ class ClassificationData:
     texts: list[str]
     label_ids: list[int]
     label_names: list[str]
+    text_pairs: list[str] | None = None  # second segment of each example, for sentence-pair tasks
+
+    def subset(self, indices: list[int]) -> ClassificationData:
+        pairs = None if self.text_pairs is None else [self.text_pairs[i] for i in indices]
+        return ClassificationData(
+            [self.texts[i] for i in indices], [self.label_ids[i] for i in indices], self.label_names, pairs
+        )
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -51,6 +68,22 @@ class _Encoder(Protocol):
     sep_id: int
 
     def encode(self, texts: list[str]) -> list[list[int]]: ...
+
+
+def _hub_records(ref: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Rows of ``hf:<dataset id>[:<config>]:<split>`` as ``(row_number, record)``, 1-based."""
+    parts = ref[len(HUB_PREFIX) :].split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise InputError(ref, "expected hf:<dataset id>[:<config>]:<split>, e.g. hf:nyu-mll/glue:sst2:train")
+    from datasets import load_dataset  # imported here: serving never reads hub datasets
+
+    name, split = parts[0], parts[-1]
+    config = parts[1] if len(parts) == 3 else None
+    try:
+        rows = load_dataset(name, config, split=split)
+    except Exception as e:  # offline, unknown id or split: the user's reference is what is wrong
+        raise InputError(ref, f"cannot load from the HF hub: {type(e).__name__}: {e}") from None
+    yield from enumerate(rows, start=1)
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -106,27 +139,37 @@ def load_classification(
     text_field: str = "sentence",
     label_field: str = "label",
     labels: list[str] | None = None,
+    text_pair_field: str = "",
 ) -> ClassificationData:
-    """Read every example of a .jsonl/.csv/.tsv file; see the module docstring for the label rule."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file")
-    texts: list[str] = []
+    """Read every example of a .jsonl/.csv/.tsv file (or an ``hf:`` dataset); see the module
+    docstring for the label rule. ``text_pair_field`` non-empty reads sentence pairs."""
+    hub = isinstance(path, str) and path.startswith(HUB_PREFIX)
+    if hub:
+        records = _hub_records(str(path))
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "no such file")
+        records = _records(path)
+    text_fields = [text_field, text_pair_field] if text_pair_field else [text_field]
+    columns: list[list[str]] = [[] for _ in text_fields]
     keys: list[str] = []
     lines: list[int] = []
     try:
-        for n, record in _records(path):
-            for name in (text_field, label_field):
+        for n, record in records:
+            for name in (*text_fields, label_field):
                 if name not in record or record[name] is None:
                     raise InputError(path, f"missing field {name!r}", line=n)
-            text = record[text_field]
-            if not isinstance(text, str) or not text.strip():
-                raise InputError(path, f"empty text in field {text_field!r}", line=n)
-            texts.append(text)
+            for name, column in zip(text_fields, columns, strict=True):
+                text = record[name]
+                if not isinstance(text, str) or not text.strip():
+                    raise InputError(path, f"empty text in field {name!r}", line=n)
+                column.append(text)
             keys.append(_label_key(path, record[label_field], n))
             lines.append(n)
     except UnicodeDecodeError as e:
         raise InputError(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    texts = columns[0]
     if not texts:
         raise InputError(path, "no examples")
 
@@ -143,7 +186,8 @@ def load_classification(
             label_ids.append(int(key))
         else:
             raise InputError(path, f"label {key!r} is not in the label set {names}", line=n)
-    return ClassificationData(texts=texts, label_ids=label_ids, label_names=names)
+    pairs = columns[1] if text_pair_field else None
+    return ClassificationData(texts=texts, label_ids=label_ids, label_names=names, text_pairs=pairs)
 
 
 def encode_for_classification(tokenizer: _Encoder, texts: list[str], max_len: int) -> list[list[int]]:
@@ -152,6 +196,57 @@ def encode_for_classification(tokenizer: _Encoder, texts: list[str], max_len: in
         raise ValueError(f"max_len must leave room for [CLS], a token and [SEP], got {max_len}")
     body = max_len - 2
     return [[tokenizer.cls_id, *ids[:body], tokenizer.sep_id] for ids in tokenizer.encode(texts)]
+
+
+def _pair_lengths(la: int, lb: int, budget: int) -> tuple[int, int]:
+    """Kept lengths under HF's ``longest_first``: trim the longer side one token at a time (the
+    second on ties) until both fit; closed form, since documents may be thousands of tokens."""
+    if la + lb <= budget:
+        return la, lb
+    short = min(la, lb)
+    if budget - short >= short:
+        return (la, budget - la) if la == short else (budget - lb, lb)
+    return (budget + 1) // 2, budget // 2
+
+
+def encode_pairs(
+    tokenizer: _Encoder, texts: list[str], text_pairs: list[str], max_len: int
+) -> tuple[list[list[int]], list[list[int]]]:
+    """``[CLS] a [SEP] b [SEP]`` per pair and its segment ids (0 up to the first [SEP], 1 after),
+    truncated longest-first to ``max_len``; unpadded."""
+    if len(texts) != len(text_pairs):
+        raise ValueError(f"{len(texts)} texts but {len(text_pairs)} pairs")
+    if max_len < 5:
+        raise ValueError(f"max_len must leave room for 3 specials and a token per side, got {max_len}")
+    sequences: list[list[int]] = []
+    segments: list[list[int]] = []
+    for a, b in zip(tokenizer.encode(texts), tokenizer.encode(text_pairs), strict=True):
+        ka, kb = _pair_lengths(len(a), len(b), max_len - 3)
+        sequences.append([tokenizer.cls_id, *a[:ka], tokenizer.sep_id, *b[:kb], tokenizer.sep_id])
+        segments.append([0] * (ka + 2) + [1] * (kb + 1))
+    return sequences, segments
+
+
+def encode_inputs(
+    tokenizer: _Encoder, texts: list[str], max_len: int, text_pairs: list[str] | None = None
+) -> tuple[list[list[int]], list[list[int]] | None]:
+    """Sequences and, for pairs, their segment ids (None for single sentences)."""
+    if text_pairs is None:
+        return encode_for_classification(tokenizer, texts, max_len), None
+    return encode_pairs(tokenizer, texts, text_pairs, max_len)
+
+
+def model_inputs(
+    sequences: list[list[int]], pad_id: int, segments: list[list[int]] | None = None
+) -> dict[str, torch.Tensor]:
+    """``model(**inputs)`` keyword arguments for one batch: input_ids, attention_mask and, for
+    pairs, token_type_ids (padded with 0)."""
+    input_ids, attention_mask = pad_batch(sequences, pad_id)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if segments is not None:
+        token_type_ids, _ = pad_batch(segments, 0)
+        inputs["token_type_ids"] = token_type_ids
+    return inputs
 
 
 def pad_batch(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

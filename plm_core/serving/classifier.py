@@ -18,11 +18,12 @@ import torch
 
 from plm_core.errors import InputError
 from plm_core.finetune.metrics import classification_report
+from plm_core.finetune.quantize import quantize_dynamic_int8
 from plm_core.finetune.task_data import (
-    encode_for_classification,
+    encode_inputs,
     length_sorted_batches,
     load_classification,
-    pad_batch,
+    model_inputs,
 )
 from plm_core.models.factory import classification_model
 from plm_core.models.io import load_config, load_weights
@@ -33,15 +34,22 @@ TEXT_COLUMN = "text"
 
 @torch.inference_mode()
 def predict_logits(
-    model: torch.nn.Module, sequences: list[list[int]], pad_id: int, batch_size: int
+    model: torch.nn.Module,
+    sequences: list[list[int]],
+    pad_id: int,
+    batch_size: int,
+    segments: list[list[int]] | None = None,
 ) -> torch.Tensor:
-    """Logits (N, num_labels) in input order; batches are length-sorted so padding is minimal."""
+    """Logits (N, num_labels) in input order; batches are length-sorted so padding is minimal.
+    ``segments`` are the token type ids of sentence pairs (None for single sentences)."""
     was_training = model.training
     model.eval()
     out: torch.Tensor | None = None
     for idx in length_sorted_batches([len(s) for s in sequences], batch_size):
-        input_ids, attention_mask = pad_batch([sequences[i] for i in idx], pad_id)
-        logits = model(input_ids, attention_mask=attention_mask)["logits"].float()
+        batch_segments = None if segments is None else [segments[i] for i in idx]
+        inputs = model_inputs([sequences[i] for i in idx], pad_id, batch_segments)
+        device = next(model.parameters(), torch.empty(0)).device
+        logits = model(**{k: v.to(device) for k, v in inputs.items()})["logits"].float().cpu()
         if out is None:
             out = torch.empty((len(sequences), logits.shape[-1]), dtype=torch.float32)
         out[idx] = logits
@@ -52,9 +60,13 @@ def predict_logits(
 
 
 class ClassifierPredictor:
-    """Loads a classifier directory once; ``predict`` labels raw texts."""
+    """Loads a classifier directory once; ``predict`` labels raw texts (or text pairs).
 
-    def __init__(self, model_dir: str | Path) -> None:
+    ``quantize=True`` serves the model with int8 dynamic quantized Linear layers on CPU
+    (``plm_core.finetune.quantize``); the directory holds fp32 weights either way.
+    """
+
+    def __init__(self, model_dir: str | Path, quantize: bool = False) -> None:
         self.model_dir = Path(model_dir)
         cfg, extra = load_config(self.model_dir)
         if extra.get("task") != "classification":
@@ -67,17 +79,27 @@ class ClassifierPredictor:
         self.model = classification_model(cfg, len(self.labels))
         load_weights(self.model, self.model_dir)
         self.model.eval()
+        self.quantized = quantize
+        if quantize:
+            self.model = quantize_dynamic_int8(self.model, inplace=True)
+        self.text_pair_field: str = str(extra.get("finetune", {}).get("text_pair_field", "") or "")
 
-    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Class probabilities (N, num_labels), rows in input order."""
+    def predict_proba(
+        self, texts: Sequence[str], batch_size: int = 64, text_pairs: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """Class probabilities (N, num_labels), rows in input order; ``text_pairs`` for a model
+        fine-tuned on sentence pairs."""
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        sequences = encode_for_classification(self.tokenizer, list(texts), self.max_len)
-        logits = predict_logits(self.model, sequences, self.tokenizer.pad_id, batch_size)
+        pairs = None if text_pairs is None else list(text_pairs)
+        sequences, segments = encode_inputs(self.tokenizer, list(texts), self.max_len, pairs)
+        logits = predict_logits(self.model, sequences, self.tokenizer.pad_id, batch_size, segments)
         return torch.softmax(logits, dim=-1).numpy()
 
-    def predict(self, texts: Sequence[str], batch_size: int = 64) -> list[dict[str, Any]]:
-        probs = self.predict_proba(texts, batch_size)
+    def predict(
+        self, texts: Sequence[str], batch_size: int = 64, text_pairs: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        probs = self.predict_proba(texts, batch_size, text_pairs)
         results = []
         for row in probs:
             best = int(row.argmax())
@@ -122,10 +144,19 @@ def predictions_frame(predictor: ClassifierPredictor, model_input: Any) -> pd.Da
 
 
 def evaluate_classification(
-    model_dir: str | Path, data_path: str | Path, text_field: str = "sentence", label_field: str = "label"
+    model_dir: str | Path,
+    data_path: str | Path,
+    text_field: str = "sentence",
+    label_field: str = "label",
+    text_pair_field: str | None = None,
+    quantize: bool = False,
 ) -> dict[str, Any]:
-    """Score a classifier directory on a labelled file (labels read with the model's label names)."""
-    predictor = ClassifierPredictor(model_dir)
-    data = load_classification(data_path, text_field, label_field, labels=predictor.labels)
-    predicted = predictor.predict_proba(data.texts).argmax(axis=-1)
+    """Score a classifier directory on a labelled file (labels read with the model's label names).
+    ``text_pair_field`` None = the one the model was fine-tuned with (sentence-pair models)."""
+    predictor = ClassifierPredictor(model_dir, quantize=quantize)
+    pair_field = predictor.text_pair_field if text_pair_field is None else text_pair_field
+    data = load_classification(
+        data_path, text_field, label_field, labels=predictor.labels, text_pair_field=pair_field
+    )
+    predicted = predictor.predict_proba(data.texts, text_pairs=data.text_pairs).argmax(axis=-1)
     return classification_report(data.label_ids, predicted.tolist(), predictor.labels)
