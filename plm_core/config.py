@@ -292,6 +292,14 @@ class FinetuneConfig:
     seed: int = 0
     from_pretrained: bool = True
     threads: int = 2
+    # ner (CoNLL files; plm_core.finetune.ner): column indices (negative from the end), the tag
+    # scheme of the files (auto | bio/iob2 | iob1 | bioes/iobes/bilou; converted to IOB2), an
+    # optional fixed IOB2 label set (empty = discovered from train), "" = split on any whitespace.
+    token_column: int = 0
+    tag_column: int = -1
+    tag_scheme: str = "auto"
+    tag_labels: list[str] = field(default_factory=list)
+    column_separator: str = ""
     # the fine-tuning loop (plm_core.finetune.trainer): dev evaluations without improvement
     # before stopping (0 = never stop early), and a step cap (0 = epochs decide).
     patience: int = 0
