@@ -271,6 +271,15 @@ class PretrainConfig:
     max_failures: int = 2
     seed: int = 0
     threads_per_worker: int = 1
+    gpus_per_worker: float = 1.0  # with use_gpu
+    grad_accum_steps: int = 1  # micro-batches of batch_size per update; DDP syncs only on the last
+    lr_schedule: str = "linear"  # linear | cosine (after warmup_steps of linear warmup)
+    min_lr_ratio: float = 0.0  # the schedule decays to lr * min_lr_ratio
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
+    compile: bool = False  # torch.compile the model
+    strategy: str = "ddp"  # ddp | fsdp (shard parameters, gradients and optimizer state; GPU)
+    peak_flops: float = 0.0  # per-device bf16 peak FLOP/s for MFU; 0 = the GPU's from plm_core.train.mfu
+    init_from: str = ""  # a pretrain stage directory whose weights start this run (continued pretraining)
 
 
 @dataclass

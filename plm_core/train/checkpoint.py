@@ -5,19 +5,26 @@ A checkpoint directory holds
   optimizer.pt                      AdamW state (torch.save; read back with weights_only=True)
   trainer_state.json                step, data position, elapsed time, LR-scheduler state
   history.json                      per-step training loss and validation losses so far
+  rng_state.json                    torch (CPU and CUDA), NumPy and Python RNG states of every rank
 
-No RNG state is stored: the training loop derives every random draw (masking, dropout, data order)
-from ``(seed, step, rank)`` or ``(seed, epoch)``, so a resumed run replays the same randomness
-even when it restarts with a different number of workers.
+The training loop derives every random draw it makes (masking, dropout, data order) from
+``(seed, step, rank)`` or ``(seed, epoch)``, so a resumed run replays the same randomness even when
+it restarts with a different number of workers. The RNG states are stored as well so that code
+outside that discipline (a library drawing from the global generators) also continues where it
+stopped; they are restored only when the world size is unchanged. JSON (base64 for torch's byte
+states), never a pickle.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
@@ -29,6 +36,7 @@ from plm_core.models.io import load_weights, save_model
 OPTIMIZER = "optimizer.pt"
 TRAINER_STATE = "trainer_state.json"
 HISTORY = "history.json"
+RNG_STATE = "rng_state.json"
 
 
 @dataclass
@@ -53,8 +61,10 @@ def save_checkpoint(
     scheduler: LRScheduler,
     state: TrainerState,
     extra: dict[str, Any] | None = None,
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write a checkpoint into ``ckpt_dir``; ``extra`` goes into config.json as for ``save_model``."""
+    """Write a checkpoint into ``ckpt_dir``; ``extra`` goes into config.json as for ``save_model``;
+    ``rng_states`` is ``capture_rng_state()`` of each rank, in rank order (default: this process)."""
     ckpt_dir = Path(ckpt_dir)
     save_model(model, model_cfg, ckpt_dir, extra)
     torch.save(optimizer.state_dict(), ckpt_dir / OPTIMIZER)
@@ -65,6 +75,44 @@ def save_checkpoint(
     (ckpt_dir / HISTORY).write_text(
         json.dumps({"train": state.train_history, "validation": state.val_history})
     )
+    (ckpt_dir / RNG_STATE).write_text(json.dumps({"ranks": rng_states or [capture_rng_state()]}))
+
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode()
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """This process's torch CPU/CUDA, NumPy and Python RNG states, as JSON-able values."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": _b64(torch.get_rng_state()),
+        "cuda": [_b64(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "numpy": [np_kind, np_keys.tolist(), int(np_pos), int(np_has_gauss), float(np_gauss)],
+        "python": [py_version, list(py_state), py_gauss],
+    }
+
+
+def restore_rng_state(saved: dict[str, Any]) -> None:
+    """Set this process's generators to ``capture_rng_state()``'s values."""
+    torch.set_rng_state(_unb64(saved["torch"]))
+    if saved["cuda"] and torch.cuda.is_available() and len(saved["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in saved["cuda"]])
+    kind, keys, pos, has_gauss, gauss = saved["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, state, py_gauss = saved["python"]
+    random.setstate((version, tuple(state), py_gauss))
+
+
+def read_rng_states(ckpt_dir: Path) -> list[dict[str, Any]]:
+    """The saved RNG state of each rank ([] for checkpoints written before RNG states were kept)."""
+    path = Path(ckpt_dir) / RNG_STATE
+    return json.loads(path.read_text())["ranks"] if path.is_file() else []
 
 
 def _read_state(ckpt_dir: Path) -> tuple[TrainerState, dict[str, Any]]:

@@ -4,6 +4,10 @@ the final checkpoint into the stage's output directory (docs/contracts.md, "pret
 Ray Train V2 (DESIGN section 7): Tune callbacks are rejected, so workers log to MLflow themselves;
 ``Result.metrics`` only holds what was reported with a checkpoint, so the loss history travels in
 the checkpoint (history.json) and is read back from there.
+
+Fault tolerance: ``FailureConfig(max_failures)`` restarts the worker group when a worker dies, and
+the restarted workers resume from the last reported checkpoint; the MLflow run id travels in the
+``train_loop_config``, so the restarted rank 0 keeps logging into the same run.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from plm_core.models.factory import pretraining_model
 from plm_core.models.io import load_weights, save_model
 from plm_core.objectives.registry import check_objectives
 from plm_core.train.checkpoint import read_trainer_state
-from plm_core.train.loop import train_loop_per_worker
+from plm_core.train.loop import check_speed_options, train_loop_per_worker
 from plm_core.train.plots import plot_loss_curve
+from plm_core.train.pretrained import MODEL_ARTIFACT, resolve_pretrained
 
 
 def _read_tokenizer(tokenizer_dir: Path) -> dict[str, Any]:
@@ -41,6 +46,7 @@ def _read_tokenizer(tokenizer_dir: Path) -> dict[str, Any]:
 def _check(model_cfg: ModelConfig, cfg: PretrainConfig, tokenizer: dict[str, Any], pack_dir: Path) -> None:
     """Fail in the driver, with a one-line message, what would otherwise fail inside every worker."""
     check_objectives(model_cfg.family, cfg)
+    check_speed_options(cfg)
     if model_cfg.vocab_size < tokenizer["vocab_size"]:
         raise ConfigError(
             f"model vocab_size {model_cfg.vocab_size} < tokenizer vocab_size {tokenizer['vocab_size']}"
@@ -51,6 +57,21 @@ def _check(model_cfg: ModelConfig, cfg: PretrainConfig, tokenizer: dict[str, Any
         raise ConfigError(f"max_steps must be >= 1, got {cfg.max_steps}")
     for split in ("train", "validation"):
         PackedSequences(pack_dir, split, cfg.seq_len)
+
+
+def _storage(storage_path: str | Path) -> str:
+    """A local directory made absolute (Ray needs one), or an object-store URI (``s3://...``) as is."""
+    text = str(storage_path)
+    return text if "://" in text else str(Path(text).resolve())
+
+
+def scaling_config(cfg: PretrainConfig) -> ScalingConfig:
+    """Workers and what each one reserves: ``threads_per_worker`` CPUs, plus ``gpus_per_worker``
+    GPUs with ``use_gpu`` (Ray Train then picks NCCL; gloo on CPU)."""
+    resources: dict[str, float] = {"CPU": cfg.threads_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = cfg.gpus_per_worker
+    return ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources)
 
 
 def _ensure_ray(cfg: PretrainConfig) -> None:
@@ -76,21 +97,26 @@ def pretrain(
     cfg: PretrainConfig,
     out_dir: Path,
     *,
-    storage_path: Path,
+    storage_path: str | Path,
     run_name: str,
     mlflow_tracking_uri: str | None = None,
     mlflow_run_id: str | None = None,
+    fault_injection: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Pretrain with the family's objective on ``cfg.num_workers`` Ray workers and write the model into ``out_dir``.
 
-    Rerunning with the same ``storage_path`` and ``run_name`` resumes from the run's last
-    checkpoint. Returns {"steps", "first_loss", "final_loss", "val_loss", "tokens_seen",
+    Rerunning with the same ``storage_path`` (a directory or an object-store URI) and ``run_name``
+    resumes from the run's last checkpoint; rerunning a finished run trains nothing and writes the
+    same model. ``cfg.init_from`` (a directory or MLflow run id) starts from pretrained weights.
+    ``fault_injection`` is for chaos tests (``loop._inject_fault``). Returns {"steps", "first_loss", "final_loss", "val_loss", "tokens_seen",
     "seconds" (wall clock of the Ray run), "tokens_per_second" (training steps only)}.
     """
     tokenizer = _read_tokenizer(tokenizer_dir)
     if model_cfg.vocab_size == 0:
         model_cfg = replace(model_cfg, vocab_size=tokenizer["vocab_size"])
     _check(model_cfg, cfg, tokenizer, Path(pack_dir))
+    if cfg.init_from:
+        cfg = replace(cfg, init_from=str(resolve_pretrained(cfg.init_from, mlflow_tracking_uri)))
     _ensure_ray(cfg)
 
     trainer = TorchTrainer(
@@ -103,14 +129,11 @@ def pretrain(
             "pretrain": asdict(cfg),
             "mlflow_tracking_uri": mlflow_tracking_uri,
             "mlflow_run_id": mlflow_run_id,
+            "fault_injection": fault_injection,
         },
-        scaling_config=ScalingConfig(
-            num_workers=cfg.num_workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker=None if cfg.use_gpu else {"CPU": cfg.threads_per_worker},
-        ),
+        scaling_config=scaling_config(cfg),
         run_config=RunConfig(
-            storage_path=str(Path(storage_path).resolve()),
+            storage_path=_storage(storage_path),
             name=run_name,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -143,4 +166,6 @@ def pretrain(
         client = MlflowClient(mlflow_tracking_uri)
         client.log_artifact(mlflow_run_id, str(out_dir / "loss_curve.png"))
         client.log_artifact(mlflow_run_id, str(out_dir / "metrics.json"))
+        # What fine-tuning resolves a run id to (plm_core.train.pretrained.resolve_pretrained).
+        client.log_artifacts(mlflow_run_id, str(out_dir), MODEL_ARTIFACT)
     return summary

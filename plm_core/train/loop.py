@@ -9,19 +9,28 @@ all of them with ``model(**batch)["loss"]``.
 evaluation, checkpoints) and knows nothing of Ray, so tests drive it in-process.
 ``train_loop_per_worker`` adds what Ray provides: rank, device, DDP, checkpoint reporting, resume.
 
+Speed: bf16 autocast on GPU (``precision``), optional ``torch.compile``, fused AdamW, gradient
+accumulation over ``grad_accum_steps`` micro-batches with DDP's gradient all-reduce skipped on all
+but the last (``no_sync``), and the sparse MLM head of the models (logits only at masked positions).
+
 Determinism: the data order is a seeded permutation per epoch over a global sample stream that
 ranks read strided (rank r takes samples r, r + world, ...), and the masks and dropout of update
 ``s`` on rank ``r`` come from a seed derived from ``(seed, s, r)``. A resumed run therefore
-replays exactly the batches and randomness the interrupted one would have seen.
+replays exactly the batches and randomness the interrupted one would have seen. Micro-batch ``m``
+of an update takes the next ``batch_size x world`` samples of the stream after micro-batch
+``m - 1``, so one update of k micro-batches of B reads the same samples as one update of k·B.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,11 +46,21 @@ from torch import nn
 
 from plm_core.config import ModelConfig, PretrainConfig
 from plm_core.data.loader import PackedSequences
+from plm_core.errors import ConfigError
 from plm_core.models.encoder import IGNORE_INDEX
 from plm_core.models.factory import pretraining_model
+from plm_core.models.io import load_weights
 from plm_core.objectives.registry import build_collator, check_objectives
 from plm_core.objectives.sentence_order import SentencePairs
-from plm_core.train.checkpoint import TrainerState, load_checkpoint, save_checkpoint
+from plm_core.train.checkpoint import (
+    TrainerState,
+    capture_rng_state,
+    load_checkpoint,
+    read_rng_states,
+    restore_rng_state,
+    save_checkpoint,
+)
+from plm_core.train.mfu import count_params, device_peak_flops, flops_per_token, mfu
 from plm_core.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -50,9 +69,33 @@ log = logging.getLogger(__name__)
 _MASKS, _DROPOUT, _EVAL, _ORDER = 0, 1, 2, 3
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+STRATEGIES = ("ddp",)
+
+
 def derived_seed(*parts: int) -> int:
     """A well-mixed 64-bit seed from a tuple of small ints (NumPy's SeedSequence hashing)."""
     return int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0])
+
+
+def check_speed_options(cfg: PretrainConfig) -> None:
+    """The switches of the training step, checked before any worker starts."""
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(f"pretrain.precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"pretrain.strategy must be one of {STRATEGIES}, got {cfg.strategy!r}")
+    if cfg.grad_accum_steps < 1:
+        raise ConfigError(f"pretrain.grad_accum_steps must be >= 1, got {cfg.grad_accum_steps}")
+    if not 0.0 <= cfg.min_lr_ratio <= 1.0:
+        raise ConfigError(f"pretrain.min_lr_ratio must be in [0, 1], got {cfg.min_lr_ratio}")
+
+
+def model_flops_per_token(model: nn.Module, model_cfg: ModelConfig, seq_len: int) -> float:
+    """``6·N + 12·L·d·T`` for this model (L counts both stacks of an encoder-decoder)."""
+    layers = model_cfg.num_layers
+    if model_cfg.family == "seq2seq":
+        layers += model_cfg.num_decoder_layers or model_cfg.num_layers
+    return flops_per_token(count_params(model), layers, model_cfg.hidden_size, seq_len)
 
 
 class Pretrainer:
@@ -61,8 +104,10 @@ class Pretrainer:
     ``config`` is the ``train_loop_config`` built by ``plm_core.train.distributed.pretrain``:
     ``pack_dir``, ``tokenizer`` (tokenizer.json as a dict), ``model`` and ``pretrain`` (asdict of
     ``ModelConfig`` / ``PretrainConfig``), and ``tokenizer_dir`` where an objective needs the
-    SentencePiece pieces (whole-word and span masking, BART sentence permutation). ``wrap_model`` moves the model to its device and wraps
-    it for data parallelism (Ray's ``prepare_model``); without it the model stays unwrapped.
+    SentencePiece pieces (whole-word and span masking, BART sentence permutation). ``wrap_model``
+    moves the model to its device and wraps it for data parallelism (Ray's ``prepare_model``);
+    without it the model stays unwrapped. ``raw_model`` is always the unwrapped, uncompiled module
+    (what checkpoints save and evaluation runs); ``model`` is what the training step calls.
     """
 
     def __init__(
@@ -77,17 +122,31 @@ class Pretrainer:
         self.cfg = PretrainConfig(**config["pretrain"])
         self.model_cfg = ModelConfig(**config["model"])
         check_objectives(self.model_cfg.family, self.cfg)
+        check_speed_options(self.cfg)
         self.collate = _collator(config, self.cfg)
         self.rank, self.world_size = rank, world_size
         self.device = device or torch.device("cpu")
 
         torch.manual_seed(self.cfg.seed)  # the same initial weights on every rank
         self.raw_model = pretraining_model(self.model_cfg, self.cfg)
-        self.model: nn.Module = wrap_model(self.raw_model) if wrap_model else self.raw_model.to(self.device)
+        if self.cfg.init_from:  # continued pretraining; a resumed checkpoint overrides it in restore()
+            load_weights(self.raw_model, Path(self.cfg.init_from))
+        # The DDP wrapper (or the bare module): its no_sync() skips the all-reduce of inner micro-steps.
+        self.parallel_model: nn.Module = (
+            wrap_model(self.raw_model) if wrap_model else self.raw_model.to(self.device)
+        )
+        self.model: nn.Module = (
+            torch.compile(self.parallel_model) if self.cfg.compile else self.parallel_model
+        )
         self.optimizer = build_optimizer(self.raw_model, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
         self.scheduler = build_scheduler(
-            self.optimizer, warmup_steps=self.cfg.warmup_steps, max_steps=self.cfg.max_steps
+            self.optimizer,
+            warmup_steps=self.cfg.warmup_steps,
+            max_steps=self.cfg.max_steps,
+            schedule=self.cfg.lr_schedule,
+            min_lr_ratio=self.cfg.min_lr_ratio,
         )
+        self.flops_per_token = model_flops_per_token(self.raw_model, self.model_cfg, self.cfg.seq_len)
         self.train_data, self.val_data = (
             _dataset(config, self.cfg, split) for split in ("train", "validation")
         )
@@ -102,10 +161,12 @@ class Pretrainer:
             self._orders[epoch] = torch.randperm(len(self.train_data), generator=g)
         return self._orders[epoch]
 
-    def train_indices(self, samples_seen: int) -> torch.Tensor:
-        """This rank's sequence indices [B] for the update starting at global sample ``samples_seen``."""
+    def train_indices(self, samples_seen: int, micro: int = 0) -> torch.Tensor:
+        """This rank's sequence indices [B] for micro-batch ``micro`` of the update starting at
+        global sample ``samples_seen``."""
         B, n = self.cfg.batch_size, len(self.train_data)
-        positions = samples_seen + self.rank + self.world_size * torch.arange(B)  # [B] in the stream
+        start = samples_seen + micro * B * self.world_size
+        positions = start + self.rank + self.world_size * torch.arange(B)  # [B] in the stream
         epochs, offsets = positions // n, positions % n
         for stale in [e for e in self._orders if e < int(epochs.min())]:
             del self._orders[stale]
@@ -123,18 +184,45 @@ class Pretrainer:
             batch = self.collate(torch.stack([data[int(i)] for i in indices]), g)  # from [B, T]
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    def train_batch(self) -> dict[str, torch.Tensor]:
-        """The next update's batch on this rank (``input_ids``, ``labels``, ... per objective)."""
-        indices = self.train_indices(self.state.samples_seen)
-        return self._batch(
-            self.train_data, indices, derived_seed(self.cfg.seed, _MASKS, self.state.step, self.rank)
-        )
+    def train_batch(self, micro: int = 0) -> dict[str, torch.Tensor]:
+        """Micro-batch ``micro`` of the next update on this rank (``input_ids``, ``labels``, ...)."""
+        indices = self.train_indices(self.state.samples_seen, micro)
+        seed_parts = (self.cfg.seed, _MASKS, self.state.step, self.rank) + ((micro,) if micro else ())
+        return self._batch(self.train_data, indices, derived_seed(*seed_parts))
 
     # -- steps ------------------------------------------------------------------------------
 
     def _autocast(self) -> torch.autocast:
-        # bf16 on GPU (DESIGN section 4); CPU stays fp32, where bf16 matmuls are rarely faster.
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        # "auto": bf16 on GPU (DESIGN section 4); CPU stays fp32, where bf16 matmuls are rarely faster.
+        p = self.cfg.precision
+        enabled = p == "bf16" or (p == "auto" and self.device.type == "cuda")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
+
+    def _no_sync(self, inner: bool) -> AbstractContextManager[Any]:
+        """DDP's ``no_sync`` on inner micro-steps: gradients accumulate locally, and only the last
+        micro-step's backward all-reduces them (one all-reduce per update, not k)."""
+        if inner and hasattr(self.parallel_model, "no_sync"):
+            return self.parallel_model.no_sync()
+        return nullcontext()
+
+    def forward_backward(self, micro_batches: list[dict[str, torch.Tensor]]) -> float:
+        """Accumulate the gradients of one update over ``micro_batches``; return its mean loss.
+
+        Each micro-batch's mean loss is weighted by its share of the update's target tokens over
+        all ranks (``world x count / global count``, DDP then averages over ranks), so k
+        micro-batches give the gradient of one batch of their union, however the masked tokens
+        fall. The token counts cost one small all-reduce per update.
+        """
+        counts = torch.stack([(b["labels"] != IGNORE_INDEX).sum() for b in micro_batches]).double()
+        total = self._all_reduce_sum(counts.sum().clone()).clamp_min(1.0)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i, batch in enumerate(micro_batches):
+            with self._no_sync(inner=i < len(micro_batches) - 1):
+                with self._autocast():
+                    loss = self.model(**batch)["loss"]
+                (loss * (counts[i] * self.world_size / total).to(loss.dtype)).backward()
+            loss_sum += loss.detach().double() * counts[i]
+        return (self._all_reduce_sum(loss_sum) / total).item()
 
     def _all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:
@@ -142,26 +230,25 @@ class Pretrainer:
         return t
 
     def train_step(self) -> dict[str, float]:
-        """One update; returns {"loss" (mean over ranks), "lr", "grad_norm"} and advances the state."""
+        """One update; returns {"loss" (per target token, over ranks), "lr", "grad_norm"} and
+        advances the state."""
         started = time.perf_counter()
-        batch = self.train_batch()
+        micro_batches = [self.train_batch(m) for m in range(self.cfg.grad_accum_steps)]
         torch.manual_seed(derived_seed(self.cfg.seed, _DROPOUT, self.state.step, self.rank))
         self.model.train()
-        with self._autocast():
-            loss = self.model(**batch)["loss"]
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        mean_loss = self.forward_backward(micro_batches)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
-        mean_loss = self._all_reduce_sum(loss.detach().float()).item() / self.world_size
 
         s = self.state
+        samples = self.cfg.batch_size * self.world_size * self.cfg.grad_accum_steps
         s.step += 1
-        s.samples_seen += self.cfg.batch_size * self.world_size
-        s.tokens_seen += self.cfg.batch_size * self.cfg.seq_len * self.world_size
+        s.samples_seen += samples
+        s.tokens_seen += samples * self.cfg.seq_len
         s.seconds += time.perf_counter() - started
         s.train_history.append({"step": s.step, "loss": mean_loss, "lr": lr})
         return {"loss": mean_loss, "lr": lr, "grad_norm": float(grad_norm)}
@@ -192,7 +279,8 @@ class Pretrainer:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def save(self, ckpt_dir: Path) -> None:
+    def save(self, ckpt_dir: Path, rng_states: list[dict[str, Any]] | None = None) -> None:
+        """Write a checkpoint; ``rng_states`` are every rank's (``gather_rng_states``), default this one's."""
         save_checkpoint(
             ckpt_dir,
             model=self.raw_model,
@@ -201,12 +289,25 @@ class Pretrainer:
             scheduler=self.scheduler,
             state=self.state,
             extra={"task": self.cfg.objective, "pretrain": asdict(self.cfg)},
+            rng_states=rng_states,
         )
+
+    def gather_rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's RNG states in rank order (a collective: all ranks call it together)."""
+        mine = capture_rng_state()
+        if self.world_size == 1:
+            return [mine]
+        states: list[Any] = [None] * self.world_size
+        dist.all_gather_object(states, mine)
+        return states
 
     def restore(self, ckpt_dir: Path) -> None:
         self.state = load_checkpoint(
             ckpt_dir, model=self.raw_model, optimizer=self.optimizer, scheduler=self.scheduler
         )
+        rng = read_rng_states(ckpt_dir)
+        if len(rng) == self.world_size:  # another world size: the derived seeds alone carry on
+            restore_rng_state(rng[self.rank])
 
 
 def _dataset(config: dict[str, Any], cfg: PretrainConfig, split: str) -> PackedSequences | SentencePairs:
@@ -264,9 +365,28 @@ def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
+def _inject_fault(fault: dict[str, Any] | None, step: int, rank: int) -> None:
+    """Chaos drill for fault-tolerance tests: at ``fault["step"]`` on ``fault["rank"]``, once per
+    ``fault["pid_file"]``, write this worker's PID there and wait to be SIGKILLed from outside
+    (``"self_kill": true``: kill itself). The file also marks the fault as done, so the restarted
+    worker group runs through."""
+    if not fault or step != fault["step"] or rank != fault.get("rank", 0):
+        return
+    pid_file = Path(fault["pid_file"])
+    if pid_file.exists():
+        return
+    tmp = pid_file.with_name(pid_file.name + ".tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(pid_file)  # the watcher never reads a half-written PID
+    if fault.get("self_kill"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(float(fault.get("wait_s", 120)))  # the test kills us long before this ends
+    raise RuntimeError(f"fault injection at step {step}: nobody killed worker {os.getpid()}")
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point; ``config`` as for ``Pretrainer`` plus ``mlflow_tracking_uri`` and
-    ``mlflow_run_id`` (both may be None)."""
+    ``mlflow_run_id`` (both may be None) and an optional ``fault_injection`` (see ``_inject_fault``)."""
     cfg = PretrainConfig(**config["pretrain"])
     torch.set_num_threads(cfg.threads_per_worker)
     ctx = ray.train.get_context()
@@ -284,28 +404,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tracker = None
     if trainer.rank == 0 and config.get("mlflow_tracking_uri") and config.get("mlflow_run_id"):
         tracker = _MlflowMetrics(config["mlflow_tracking_uri"], config["mlflow_run_id"])
+    peak = device_peak_flops(cfg.peak_flops) if trainer.device.type == "cuda" or cfg.peak_flops else None
 
     state = trainer.state  # restore() replaced it; train_step() mutates this object from here on
     window_start = (state.step, state.tokens_seen, state.seconds)  # of the current logging window
     while state.step < cfg.max_steps:
+        _inject_fault(config.get("fault_injection"), state.step, trainer.rank)
         step_metrics = trainer.train_step()
         last = state.step == cfg.max_steps
         report: dict[str, float] = {"step": state.step, "loss": step_metrics["loss"]}
         if _due(state.step, cfg.log_every) or last:
             start_step, start_tokens, start_seconds = window_start
             window = [h["loss"] for h in state.train_history if h["step"] > start_step]
+            # Rank 0's step time x all ranks' tokens: the ranks step in lockstep under DDP.
             throughput = (state.tokens_seen - start_tokens) / max(state.seconds - start_seconds, 1e-9)
             window_start = (state.step, state.tokens_seen, state.seconds)
+            logged = {
+                "loss": sum(window) / len(window),
+                "lr": step_metrics["lr"],
+                "grad_norm": step_metrics["grad_norm"],
+                "tokens_per_second": throughput,
+            }
+            if peak:
+                logged["mfu"] = mfu(throughput, trainer.flops_per_token, trainer.world_size, peak)
             if tracker:
-                tracker.log(
-                    state.step,
-                    {
-                        "loss": sum(window) / len(window),
-                        "lr": step_metrics["lr"],
-                        "grad_norm": step_metrics["grad_norm"],
-                        "tokens_per_second": throughput,
-                    },
-                )
+                tracker.log(state.step, logged)
         if _due(state.step, cfg.eval_every) or last:
             val = trainer.evaluate()
             report.update(val)
@@ -313,11 +436,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 tracker.log(state.step, val)
         if _due(state.step, cfg.checkpoint_every) or last:
             # ray.train.report is a barrier: every rank calls it at the same steps, and only rank 0
-            # hands over a checkpoint (the weights are identical on all ranks under DDP).
+            # hands over a checkpoint (the weights are identical on all ranks under DDP), holding
+            # every rank's RNG states.
             report["tokens_seen"] = state.tokens_seen
+            rng_states = trainer.gather_rng_states()
             if trainer.rank == 0:
                 with tempfile.TemporaryDirectory() as d:
-                    trainer.save(Path(d))
+                    trainer.save(Path(d), rng_states)
                     ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
             else:
                 ray.train.report(report)

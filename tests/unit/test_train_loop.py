@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -155,3 +157,128 @@ def test_evaluation_is_repeatable_and_loss_falls(pack: Path):
         trainer.train_step()
     after = trainer.evaluate()["val_loss"]
     assert after < before["val_loss"] - 0.3, (before, after)
+
+
+def _no_dropout(pack: Path, **pretrain) -> dict:
+    config = _config(pack, **pretrain)
+    config["model"] = {**config["model"], "dropout": 0.0, "attention_dropout": 0.0}
+    return config
+
+
+def _grads(trainer: Pretrainer) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in trainer.raw_model.named_parameters() if p.grad is not None}
+
+
+def test_accumulated_micro_batches_give_the_gradient_of_their_union(pack: Path):
+    """Two micro-batches of 2 (with their own masks) against the same 4 rows as one batch: the
+    token-weighted accumulation reproduces the big batch's gradient and loss."""
+    accum = Pretrainer(_no_dropout(pack, batch_size=2, grad_accum_steps=2))
+    big = Pretrainer(_no_dropout(pack, batch_size=4))
+    micro = [accum.train_batch(0), accum.train_batch(1)]
+    union = {k: torch.cat([micro[0][k], micro[1][k]]) for k in micro[0]}
+    assert torch.equal(
+        torch.cat([accum.train_indices(0, 0), accum.train_indices(0, 1)]), big.train_indices(0)
+    )
+    counts = [int((b["labels"] != -100).sum()) for b in micro]
+    assert counts[0] != counts[1]  # unequal masked counts: a plain mean of means would be wrong
+    loss_accum = accum.forward_backward(micro)
+    loss_big = big.forward_backward([union])
+    assert loss_accum == pytest.approx(loss_big, rel=1e-6)
+    g_accum, g_big = _grads(accum), _grads(big)
+    assert g_accum.keys() == g_big.keys()
+    for name, g in g_big.items():
+        torch.testing.assert_close(g_accum[name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_an_accumulating_update_reads_k_micro_batches_of_the_stream(pack: Path):
+    trainer = Pretrainer(_config(pack, batch_size=2, grad_accum_steps=3, max_steps=4))
+    metrics = trainer.train_step()
+    assert trainer.state.samples_seen == 6 and trainer.state.tokens_seen == 6 * 32
+    assert math.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+
+
+@pytest.fixture
+def gloo_world_of_one():
+    """A real process group (gloo, world size 1), so that DDP runs its reducer and comm hooks."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def _allreduces_per_update(pack: Path, accum: int, monkeypatch=None) -> int:
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    calls: list[int] = []
+
+    def wrap(model: torch.nn.Module) -> torch.nn.Module:
+        ddp = DDP(model)
+
+        def counting_hook(state, bucket):
+            calls.append(1)
+            return default_hooks.allreduce_hook(state, bucket)
+
+        ddp.register_comm_hook(None, counting_hook)
+        return ddp
+
+    trainer = Pretrainer(_config(pack, batch_size=2, grad_accum_steps=accum), wrap_model=wrap)
+    trainer.train_step()
+    calls.clear()
+    trainer.train_step()
+    return len(calls)
+
+
+def test_inner_micro_steps_do_not_all_reduce(pack: Path, gloo_world_of_one, monkeypatch):
+    once = _allreduces_per_update(pack, accum=1)
+    assert once > 0
+    assert _allreduces_per_update(pack, accum=4) == once  # only the last micro-step's backward syncs
+    # The count would catch a loop that forgot no_sync: without it every micro-step all-reduces.
+    monkeypatch.setattr(Pretrainer, "_no_sync", lambda self, inner: contextlib.nullcontext())
+    assert _allreduces_per_update(pack, accum=4) == 4 * once
+
+
+def test_checkpoint_holds_the_rng_states(pack: Path, tmp_path: Path):
+    import random
+
+    trainer = Pretrainer(_config(pack))
+    trainer.train_step()
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    trainer.save(tmp_path)
+    after_save = (torch.rand(4), np.random.rand(4), random.random())
+    assert (tmp_path / "rng_state.json").is_file()
+    restored = Pretrainer(_config(pack))
+    torch.manual_seed(7)
+    np.random.seed(7)
+    random.seed(7)
+    restored.restore(tmp_path)
+    assert torch.equal(torch.rand(4), after_save[0])
+    assert np.array_equal(np.random.rand(4), after_save[1])
+    assert random.random() == after_save[2]
+    assert restored.state.step == 1
+
+
+def test_bf16_autocast_on_cpu_when_asked(pack: Path):
+    """precision="bf16" runs the forward in bf16 autocast even on CPU; "auto" keeps CPU in fp32."""
+    assert Pretrainer(_config(pack))._autocast().fast_dtype == torch.bfloat16
+    assert not Pretrainer(_config(pack))._autocast()._enabled
+    trainer = Pretrainer(_config(pack, precision="bf16"))
+    assert trainer._autocast()._enabled
+    assert math.isfinite(trainer.train_step()["loss"])
+
+
+def test_bad_speed_options_fail_with_the_field_named(pack: Path):
+    from plm_core.errors import ConfigError
+
+    for bad, field in [({"precision": "fp16"}, "precision"), ({"grad_accum_steps": 0}, "grad_accum_steps"),
+                       ({"strategy": "zero3"}, "strategy"), ({"lr_schedule": "step"}, "lr_schedule")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=field):
+            Pretrainer(_config(pack, **bad))
