@@ -301,6 +301,17 @@ class FinetuneConfig:
     seed: int = 0
     from_pretrained: bool = True
     threads: int = 2
+    # qa (SQuAD; plm_core.finetune.qa): windows of max_len tokens, the context cut every doc_stride
+    # tokens; with dev_path empty or equal to train_path the file is split by article title (a
+    # seeded hash, eval_fraction of the articles held out).
+    doc_stride: int = 128  # tokens between the starts of consecutive context windows
+    max_query_len: int = 64  # question tokens kept
+    max_answer_length: int = 30  # longest answer span, in tokens
+    n_best: int = 20  # start/end candidates per window, and spans kept per question
+    null_threshold: float = 0.0  # v2: answer "" when score_null - best_span > this
+    squad_version: str = "auto"  # auto (from the file) | 1.1 | 2.0
+    eval_fraction: float = 0.2  # articles held out for dev when splitting one file
+    split_seed: int = 0
     # ner (CoNLL files; plm_core.finetune.ner): column indices (negative from the end), the tag
     # scheme of the files (auto | bio/iob2 | iob1 | bioes/iobes/bilou; converted to IOB2), an
     # optional fixed IOB2 label set (empty = discovered from train), "" = split on any whitespace.
