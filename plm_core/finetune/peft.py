@@ -71,13 +71,16 @@ def count_parameters(model: nn.Module) -> ParameterCount:
 
 
 def head_modules(model: nn.Module) -> list[str]:
-    """Top-level children with parameters other than the body: the task head (pooler,
-    classifier / qa_outputs), trained in full."""
-    return [
-        name
-        for name, child in model.named_children()
-        if name != "encoder" and any(True for _ in child.parameters())
-    ]
+    """The task head's leaf modules with parameters (everything outside the body: pooler dense,
+    classifier / qa_outputs), trained in full. Leaves rather than the head's top modules because
+    peft's IA3 merge only unwraps ``modules_to_save`` that hold their own weight."""
+    names = []
+    for name, module in model.named_modules():
+        if not name or name.split(".")[0] == "encoder":
+            continue
+        if any(True for _ in module.parameters(recurse=False)):
+            names.append(name)
+    return names
 
 
 def apply_peft(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:

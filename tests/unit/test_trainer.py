@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -11,6 +12,16 @@ from torch import nn
 
 from plm_core.errors import ConfigError
 from plm_core.finetune.trainer import TrainerConfig, fit, lr_factor
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Toy models gain nothing from threads, and on a shared machine two spinning intra-op
+    threads per process make each step ~100x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 class _Regressor(nn.Module):
