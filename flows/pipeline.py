@@ -16,8 +16,9 @@ from flows.ingest import ingest_flow
 from flows.pack import pack_flow
 from flows.params import PipelineParams
 from flows.pretrain import pretrain_flow
-from flows.register import register_flow
+from flows.register import register_flow, register_lm_flow
 from flows.tokenizer import tokenizer_flow
+from flows.tracking import StageRun, pipeline_run, record_stages
 from plm_core.stage import StageRef, read_manifest
 
 
@@ -26,6 +27,12 @@ def pipeline(params: PipelineParams, compare_random_init: bool = False) -> dict[
     """Corpus -> cleaned shards -> tokenizer -> packed tokens -> pretraining -> fine-tuning ->
     evaluation -> MLflow registration. Returns a summary with every stage's directory and the
     headline figures."""
+    # One MLflow parent run per pipeline run; the stages' runs nest under it (flows/tracking.py).
+    with pipeline_run(str(Path(params.runs_dir).resolve()), params.experiment) as parent:
+        return _pipeline(params, compare_random_init, parent)
+
+
+def _pipeline(params: PipelineParams, compare_random_init: bool, parent: StageRun) -> dict[str, Any]:
     logger = get_run_logger()
     runs = str(Path(params.runs_dir).resolve())
     force = params.force
@@ -50,6 +57,11 @@ def pipeline(params: PipelineParams, compare_random_init: bool = False) -> dict[
         stages["evaluate_random_init"] = evaluate_flow(
             scratch, ft.dev_path, ft.text_field, ft.label_field, runs, force
         )
+    if params.registry.register_lm and params.model.family == "decoder" and params.pretrain.objective == "clm":
+        stages["register_lm"] = register_lm_flow(
+            pretrained, tokenizer, params.registry, runs, params.experiment, force
+        )
+    record_stages(parent, stages, {"train": ft.train_path, "dev": ft.dev_path})
     summary = _summary(stages)
     logger.info("pipeline summary: %s", json.dumps(summary["headline"]))
     create_markdown_artifact(

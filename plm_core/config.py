@@ -347,10 +347,37 @@ class FinetuneConfig:
 
 @dataclass
 class RegisterConfig:
-    """MLflow registration."""
+    """MLflow registration: a registered name per task, the champion gate, retries.
+
+    ``model_name`` and ``gate_metric`` are the classifier's (the first task); NER and QA gate on
+    their report's F1, the LM on pretraining validation loss (lower is better).
+    ``on_new_eval_set``: what the gate does when the champion was evaluated on another eval set
+    (digest differs): ``keep`` the champion, or ``promote`` the new version. Either way the
+    decision is logged.
+    """
 
     model_name: str = "plm-sst2-classifier"
     gate_metric: str = "accuracy"
+    ner_model_name: str = "plm-conll-ner"
+    qa_model_name: str = "plm-squad-qa"
+    lm_model_name: str = "plm-lm"
+    register_lm: bool = True  # a decoder pretraining run also registers its LM under lm_model_name
+    on_new_eval_set: str = "keep"
+    retry_attempts: int = 4
+    retry_initial_delay: float = 1.0
+    retry_max_delay: float = 15.0
+
+    def name_for(self, task: str) -> str:
+        """The registered model name of ``task``."""
+        names = {
+            "classification": self.model_name,
+            "ner": self.ner_model_name,
+            "qa": self.qa_model_name,
+            "lm": self.lm_model_name,
+        }
+        if task not in names:
+            raise ConfigError(f"no registered model name for task {task!r}; known: {sorted(names)}")
+        return names[task]
 
 
 def with_overrides(cfg: Any, **overrides: Any) -> Any:

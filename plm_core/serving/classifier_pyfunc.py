@@ -12,11 +12,12 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from plm_core.serving.classifier import ClassifierPredictor, predictions_frame
+from plm_core.serving.classifier import ClassifierPredictor
+from plm_core.serving.frames import classification_frame
 
 
 class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
-    """pyfunc: DataFrame with a ``text`` column (or a list / Series of strings) -> label, probability."""
+    """pyfunc: DataFrame with a ``text`` column (or a list / Series of strings) -> label, probabilities."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         self.predictor = ClassifierPredictor(context.artifacts["model_dir"])
@@ -28,7 +29,7 @@ class ClassifierPyfunc(mlflow.pyfunc.PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        return predictions_frame(self.predictor, model_input)
+        return classification_frame(self.predictor, model_input)
 
 
 mlflow.models.set_model(ClassifierPyfunc())
