@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict
+import shutil
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from plm_core.config import FinetuneConfig, ModelConfig, TokenizerConfig
+from plm_core.config import FinetuneConfig, ModelConfig, TokenizerConfig, model_preset
 from plm_core.errors import ConfigError, InputError
 from plm_core.finetune.classification import (
     bucketed_batches,
@@ -245,3 +247,112 @@ def test_config_errors(task: dict[str, Path], tmp_path: Path) -> None:
             tmp_path / "c",
         )
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("family", ["decoder", "seq2seq"])
+def test_decoder_and_seq2seq_families_learn(task: dict[str, Path], tmp_path: Path, family: str) -> None:
+    """GPT classifies from the last real token, T5 from the mean-pooled encoder stack."""
+    model_cfg = model_preset(
+        "tiny", family, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128, max_position=64
+    )
+    losses: list[float] = []
+    cfg = tiny_finetune_config(task, epochs=3, max_train_examples=400)
+    result = finetune_classification(
+        task["tokenizer"],
+        None,
+        model_cfg,
+        cfg,
+        tmp_path / family,
+        on_metrics=lambda m, s: losses.append(m["train_loss"]) if "train_loss" in m else None,
+    )
+    assert json.loads((tmp_path / family / "config.json").read_text())["model"]["family"] == family
+    assert len(losses) >= 1 and result["train_loss"] < 0.69 * 0.5  # ln 2 is chance
+    assert result["dev_accuracy"] > 0.9
+    report = evaluate_classification(tmp_path / family, task["dev"])
+    assert report["accuracy"] == pytest.approx(result["dev_accuracy"])
+
+
+def test_early_stopping_in_classification(task: dict[str, Path], tmp_path: Path) -> None:
+    cfg = tiny_finetune_config(task, epochs=20, patience=2, evals_per_epoch=2, lr_schedule="cosine")
+    result = finetune_classification(task["tokenizer"], None, TINY_MODEL, cfg, tmp_path / "m")
+    assert result["stopped_early"] and result["steps"] < 20 * 38
+    history = json.loads((tmp_path / "m" / "metrics.json").read_text())["history"]
+    best = max(h["dev_accuracy"] for h in history)
+    # Stopped exactly `patience` evaluations after the first best one.
+    first_best = next(i for i, h in enumerate(history) if h["dev_accuracy"] == best)
+    assert len(history) == first_best + 1 + 2
+    assert evaluate_classification(tmp_path / "m", task["dev"])["accuracy"] == pytest.approx(best)
+
+
+def test_lora_from_a_trained_body_saves_plain_model_and_adapter(
+    finetuned: dict[str, object], task: dict[str, Path], tmp_path: Path
+) -> None:
+    """LoRA + a fresh head on a body that already knows the task (the full fine-tune's, loaded as
+    the pretrained body), saved merged (a plain classifier directory) and as peft adapter files."""
+    out = tmp_path / "lora"
+    cfg = tiny_finetune_config(task, method="lora", lr=5e-3, epochs=1, lora_r=4)
+    result = finetune_classification(task["tokenizer"], finetuned["dir"], TINY_MODEL, cfg, out)
+    assert result["method"] == "lora" and result["trainable_parameters"] < result["total_parameters"] / 3
+    assert result["dev_accuracy"] > 0.9
+
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert any("lora_A" in k for k in adapter) and any("classifier" in k for k in adapter)
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
+    saved = load_state_dict(out)
+    assert not any("lora" in k or "modules_to_save" in k or "base_model" in k for k in saved)
+    assert evaluate_classification(out, task["dev"])["accuracy"] == pytest.approx(result["dev_accuracy"])
+
+
+def test_distilled_student_is_smaller_and_reports_its_teacher(
+    finetuned: dict[str, object], task: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "student"
+    cfg = tiny_finetune_config(task, distill_teacher=str(finetuned["dir"]), student_layers=1, epochs=1)
+    result = finetune_classification(task["tokenizer"], None, TINY_MODEL, cfg, out)
+    assert result["teacher_dev_accuracy"] == pytest.approx(finetuned["result"]["dev_accuracy"])
+    assert result["student_parameters"] < result["teacher_parameters"]
+    assert result["dev_accuracy"] > 0.9
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["num_layers"] == 1 and config["distilled_from"] == str(finetuned["dir"])
+    assert evaluate_classification(out, task["dev"])["accuracy"] == pytest.approx(result["dev_accuracy"])
+
+    other_teacher = tmp_path / "other_teacher"
+    shutil.copytree(finetuned["dir"], other_teacher)
+    (other_teacher / "tokenizer" / "spm.model").write_bytes(b"a teacher with another vocabulary")
+    with pytest.raises(ConfigError, match="another tokenizer"):
+        finetune_classification(
+            task["tokenizer"],
+            None,
+            TINY_MODEL,
+            replace(cfg, distill_teacher=str(other_teacher)),
+            tmp_path / "x",
+        )
+
+
+def test_sentence_pair_task_uses_the_second_segment(task: dict[str, Path], tmp_path: Path) -> None:
+    """The label is decided by the second text's sentiment word only; the first is neutral filler."""
+    rng = random.Random(5)
+    for split, n, seed in (("train", 500, 3), ("dev", 150, 4)):
+        rows = [
+            {"a": " ".join(rng.choices(NEUTRAL, k=5)), "b": s, "label": y}
+            for s, y in sentiment_sentences(n, seed)
+        ]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = tiny_finetune_config(
+        task,
+        train_path=str(tmp_path / "train.jsonl"),
+        dev_path=str(tmp_path / "dev.jsonl"),
+        text_field="a",
+        text_pair_field="b",
+        epochs=3,
+    )
+    result = finetune_classification(task["tokenizer"], None, TINY_MODEL, cfg, tmp_path / "pair")
+    assert result["dev_accuracy"] > 0.9
+    # evaluate reads the pair field the model was trained with from its config.
+    report = evaluate_classification(tmp_path / "pair", tmp_path / "dev.jsonl", text_field="a")
+    assert report["accuracy"] == pytest.approx(result["dev_accuracy"])
+    predictor = ClassifierPredictor(tmp_path / "pair")
+    labels = [
+        r["label"] for r in predictor.predict(["the film", "the film"], text_pairs=["wonderful", "awful"])
+    ]
+    assert labels == ["positive", "negative"]

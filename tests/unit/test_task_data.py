@@ -11,8 +11,11 @@ import torch
 from plm_core.errors import InputError
 from plm_core.finetune.task_data import (
     encode_for_classification,
+    encode_inputs,
+    encode_pairs,
     length_sorted_batches,
     load_classification,
+    model_inputs,
     pad_batch,
 )
 
@@ -145,3 +148,70 @@ def test_pad_batch_and_length_sorted_batches() -> None:
     assert torch.equal(ids, torch.tensor([[2, 5, 3], [2, 3, 0]]))
     assert torch.equal(mask, torch.tensor([[1, 1, 1], [1, 1, 0]]))
     assert length_sorted_batches([5, 1, 3, 2], 2) == [[1, 3], [2, 0]]
+
+
+def test_sentence_pairs_from_jsonl_csv_and_tsv(tmp_path: Path) -> None:
+    jsonl = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"premise": "a cat sat", "hypothesis": "an animal sat", "label": "entailment"},
+            {"premise": "a dog ran", "hypothesis": "nothing moved", "label": "contradiction"},
+        ],
+    )
+    data = load_classification(jsonl, text_field="premise", label_field="label", text_pair_field="hypothesis")
+    assert data.texts == ["a cat sat", "a dog ran"]
+    assert data.text_pairs == ["an animal sat", "nothing moved"]
+    assert data.label_names == ["contradiction", "entailment"] and data.label_ids == [1, 0]
+    assert data.subset([1]).text_pairs == ["nothing moved"]
+
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text("s1\ts2\tlabel\nhello there\tgeneral, kenobi\t1\nx\ty\t0\n")
+    data = load_classification(tsv, text_field="s1", text_pair_field="s2")
+    assert data.text_pairs == ["general, kenobi", "y"] and data.label_ids == [1, 0]
+    csv_path = tmp_path / "p.csv"
+    csv_path.write_text('s1,s2,label\n"a, b",c,1\nd,,0\n')
+    with pytest.raises(InputError) as err:
+        load_classification(csv_path, text_field="s1", text_pair_field="s2")
+    assert err.value.line == 3 and "'s2'" in err.value.problem
+    # Single-sentence reading leaves the pair column alone.
+    assert load_classification(tsv, text_field="s1").text_pairs is None
+
+
+def test_missing_pair_field_names_line(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "p.jsonl", [{"a": "x", "b": "y", "label": 0}, {"a": "x", "label": 1}])
+    with pytest.raises(InputError) as err:
+        load_classification(path, text_field="a", text_pair_field="b")
+    assert err.value.line == 2 and "missing field 'b'" in err.value.problem
+
+
+def test_bad_label_in_tsv_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "d.tsv"
+    path.write_text("sentence\tlabel\nfine\tpositive\nmeh\tneutral\n")
+    with pytest.raises(InputError) as err:
+        load_classification(path, labels=["negative", "positive"])
+    assert err.value.line == 3 and f"{path}:3:" in str(err.value) and "'neutral'" in str(err.value)
+
+
+def test_hub_reference_must_name_a_split() -> None:
+    with pytest.raises(InputError, match="hf:<dataset id>"):
+        load_classification("hf:glue")
+
+
+def test_pair_encoding_segments_and_longest_first_truncation() -> None:
+    tok = _FakeTokenizer()
+    seqs, segs = encode_pairs(tok, ["a bb", "a bb ccc dddd eeeee"], ["ccc", "f"], max_len=8)
+    # [CLS] a bb [SEP] ccc [SEP]: segment 0 up to and including the first [SEP], 1 after.
+    assert seqs[0] == [2, 11, 12, 3, 13, 3]
+    assert segs[0] == [0, 0, 0, 0, 1, 1]
+    # Too long: the longer side (the first) loses tokens until both fit in 8 - 3 = 5.
+    assert seqs[1] == [2, 11, 12, 13, 14, 3, 11, 3]
+    assert segs[1] == [0] * 6 + [1] * 2
+    seqs, segs = encode_pairs(tok, ["a a a a a a"], ["b b b b b b"], max_len=8)
+    assert seqs[0] == [2, 11, 11, 11, 3, 11, 11, 3]  # equal sides: the second loses first, 3 + 2
+    assert encode_inputs(tok, ["a"], 8) == ([[2, 11, 3]], None)
+
+    inputs = model_inputs(seqs + [[2, 11, 3]], pad_id=0, segments=segs + [[0, 0, 0]])
+    assert set(inputs) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert inputs["token_type_ids"].tolist() == [[0, 0, 0, 0, 0, 1, 1, 1], [0] * 8]
+    assert inputs["attention_mask"][1].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
+    assert "token_type_ids" not in model_inputs([[2, 3]], pad_id=0)
