@@ -280,7 +280,8 @@ def _qa_dir(root: Path, tokenizer_dir: Path) -> Path:
     from tests.unit.test_qa import TINY, _cfg, write_squad
 
     train = write_squad(root / "squad.json", with_impossible=False)
-    qa.finetune_qa(tokenizer_dir, None, TINY, _cfg(train, train, epochs=1), root / "qa")
+    dev = write_squad(root / "squad_dev.json", with_impossible=False, indent=None)  # other bytes: no split
+    qa.finetune_qa(tokenizer_dir, None, TINY, _cfg(train, dev, epochs=1), root / "qa")
     return root / "qa"
 
 
