@@ -159,3 +159,22 @@ def test_bf16_autocast_on_gpu() -> None:
     fit(model, lambda epoch: batches, len(batches), TrainerConfig(epochs=1), loss_fn=loss_fn)
     assert next(model.parameters()).device.type == "cuda"
     assert dtypes and all(d == torch.bfloat16 for d in dtypes)
+
+
+def test_bf16_autocast_can_be_forced_on_cpu() -> None:
+    """mixed_precision="bf16" runs the forward under CPU autocast (the GPU path's code, on CPU)."""
+    model = _Regressor()
+    batches = _toy_batches(2)
+    dtypes: list[torch.dtype] = []
+
+    def loss_fn(m: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = m.body(batch["x"])
+        dtypes.append(out.dtype)
+        return F.mse_loss(m.head(torch.tanh(out)).squeeze(-1).float(), batch["y"])
+
+    fit(model, lambda e: batches, 2, TrainerConfig(mixed_precision="bf16", device="cpu"), loss_fn=loss_fn)
+    assert dtypes == [torch.bfloat16, torch.bfloat16]
+    assert model.body.weight.dtype == torch.float32  # master weights stay fp32
+    dtypes.clear()
+    fit(model, lambda e: batches, 2, TrainerConfig(device="cpu"), loss_fn=loss_fn)  # auto: fp32 on CPU
+    assert dtypes == [torch.float32, torch.float32]
