@@ -272,3 +272,15 @@ def test_finetune_from_a_pretrained_body(data_run, tmp_path: Path, family: str, 
     assert len(body) >= 10
     for name, t in body.items():
         assert torch.equal(saved[name], t), name
+
+
+def test_early_stopping_on_dev_f1(data_run, tmp_path: Path) -> None:
+    train = tmp_path / "train.conll"
+    train.write_text(TRAIN_CONLL)
+    # lr 0: dev F1 never improves on the first evaluation, so patience 1 stops at the second.
+    # 5 sentences in batches of 2 = 3 steps per epoch, scored after steps 1, 2 and 3.
+    cfg = _cfg(train, train, epochs=5, lr=0.0, patience=1)
+    result = finetune_ner(data_run.tokenizer_dir, None, _tiny_model(), cfg, tmp_path / "m")
+    assert result["stopped_early"] and result["steps"] == 2
+    history = json.loads((tmp_path / "m" / "metrics.json").read_text())["history"]
+    assert [h["step"] for h in history] == [1, 2]
