@@ -234,6 +234,29 @@ def pack(
     _execute(runs_dir, body)
 
 
+Pretrained = Annotated[
+    str | None,
+    typer.Option(
+        "--pretrained",
+        "--pretrained-dir",
+        help="Pretrained model: a pretrain stage directory or the MLflow run id of a pretrain run.",
+    ),
+]
+
+
+def _pretrained_ref(ref: str, runs_dir: Path) -> Any:
+    """The StageRef of a pretrained model given by path or MLflow run id (downloaded under runs_dir)."""
+    from plm_core.stage import StageRef, is_complete, sha256_file
+    from plm_core.tracking import tracking_uri
+    from plm_core.train.pretrained import resolve_pretrained
+
+    path = resolve_pretrained(ref, tracking_uri(runs_dir), cache_dir=runs_dir.resolve() / "pretrained")
+    if is_complete(path):
+        return _ref(path)
+    # A model directory without a stage manifest (logged by plm_core directly): its weights are its digest.
+    return StageRef(stage="pretrain", path=str(path), digest=sha256_file(path / "model.safetensors"))
+
+
 @app.command(epilog=_settable_fields())
 def pretrain(
     pack_dir: InDir,
@@ -244,13 +267,18 @@ def pretrain(
     force: Force = False,
     family: Family = "encoder",
     arch: Arch = "",
+    pretrained: Pretrained = None,
 ) -> None:
     """Pretrain with the family's objective through Ray Train (workers from pretrain.num_workers)."""
 
     def body() -> Any:
+        from dataclasses import replace
+
         from flows.pretrain import pretrain_flow
 
         p = _params(preset, sets, runs_dir, force, family=family, arch=arch)
+        if pretrained:  # continued pretraining; resolved (and downloaded) by the driver
+            p.pretrain = replace(p.pretrain, init_from=pretrained)
         return pretrain_flow(
             _ref(pack_dir), _ref(tokenizer_dir), p.model, p.pretrain, p.runs_dir, p.experiment, force
         )
@@ -261,9 +289,7 @@ def pretrain(
 @app.command(epilog=_settable_fields())
 def finetune(
     tokenizer_dir: InDir,
-    pretrained_dir: Annotated[
-        Path | None, typer.Option(help="Pretrain stage directory; omit for random init.")
-    ] = None,
+    pretrained_dir: Pretrained = None,
     preset: Preset = "tiny",
     runs_dir: RunsDir = Path("runs"),
     sets: Sets = None,
@@ -278,7 +304,7 @@ def finetune(
         from flows.finetune import finetune_flow
 
         p = _params(preset, sets, runs_dir, force, data_dir=data_dir, family=family, arch=arch)
-        pre = _ref(pretrained_dir) if pretrained_dir else None
+        pre = _pretrained_ref(pretrained_dir, runs_dir) if pretrained_dir else None
         return finetune_flow(_ref(tokenizer_dir), pre, p.model, p.finetune, p.runs_dir, p.experiment, force)
 
     _execute(runs_dir, body)

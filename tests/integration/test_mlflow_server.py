@@ -173,6 +173,8 @@ def test_lineage_walks_from_registered_versions_to_pretraining_data(
     )
     assert {d["name"] for d in out["data"]["task"]} == {"task/train", "task/dev"}
     assert out["code_version"] == code_version()
+    assert out["model"]["tags"]["plm.pretrain_run_id"] == _run_id(summary, "pretrain")
+    assert out["model"]["tags"]["plm.tokenizer_digest"] == tokenizer_digest
 
     lm = lineage(client, LM, 1)
     assert lm["run"]["run_id"] == lm["pretrain_run"]["run_id"] == _run_id(summary, "pretrain")
