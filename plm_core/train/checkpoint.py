@@ -62,12 +62,16 @@ def save_checkpoint(
     state: TrainerState,
     extra: dict[str, Any] | None = None,
     rng_states: list[dict[str, Any]] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> None:
     """Write a checkpoint into ``ckpt_dir``; ``extra`` goes into config.json as for ``save_model``;
-    ``rng_states`` is ``capture_rng_state()`` of each rank, in rank order (default: this process)."""
+    ``rng_states`` is ``capture_rng_state()`` of each rank, in rank order (default: this process);
+    ``optimizer_state`` replaces ``optimizer.state_dict()`` (FSDP saves its gathered full state)."""
     ckpt_dir = Path(ckpt_dir)
     save_model(model, model_cfg, ckpt_dir, extra)
-    torch.save(optimizer.state_dict(), ckpt_dir / OPTIMIZER)
+    torch.save(
+        optimizer_state if optimizer_state is not None else optimizer.state_dict(), ckpt_dir / OPTIMIZER
+    )
     progress = {k: v for k, v in asdict(state).items() if k not in ("train_history", "val_history")}
     (ckpt_dir / TRAINER_STATE).write_text(
         json.dumps({**progress, "scheduler": scheduler.state_dict()}, indent=2)
@@ -131,6 +135,15 @@ def read_trainer_state(ckpt_dir: Path) -> TrainerState:
     return _read_state(Path(ckpt_dir))[0]
 
 
+def read_optimizer_state(ckpt_dir: Path) -> dict[str, Any]:
+    # Tensors, numbers and lists only: weights_only refuses anything that would run code.
+    return torch.load(Path(ckpt_dir) / OPTIMIZER, map_location="cpu", weights_only=True)
+
+
+def read_scheduler_state(ckpt_dir: Path) -> dict[str, Any]:
+    return _read_state(Path(ckpt_dir))[1]
+
+
 def load_checkpoint(
     ckpt_dir: Path,
     *,
@@ -142,7 +155,6 @@ def load_checkpoint(
     ckpt_dir = Path(ckpt_dir)
     state, scheduler_state = _read_state(ckpt_dir)
     load_weights(model, ckpt_dir)
-    # Tensors, numbers and lists only: weights_only refuses anything that would run code.
-    optimizer.load_state_dict(torch.load(ckpt_dir / OPTIMIZER, map_location="cpu", weights_only=True))
+    optimizer.load_state_dict(read_optimizer_state(ckpt_dir))
     scheduler.load_state_dict(scheduler_state)
     return state

@@ -56,10 +56,14 @@ from plm_core.train.checkpoint import (
     TrainerState,
     capture_rng_state,
     load_checkpoint,
+    read_optimizer_state,
     read_rng_states,
+    read_scheduler_state,
+    read_trainer_state,
     restore_rng_state,
     save_checkpoint,
 )
+from plm_core.train.fsdp import full_state, is_sharded, load_full_state, shard_model
 from plm_core.train.mfu import count_params, device_peak_flops, flops_per_token, mfu
 from plm_core.train.optim import build_optimizer, build_scheduler
 
@@ -70,7 +74,7 @@ _MASKS, _DROPOUT, _EVAL, _ORDER = 0, 1, 2, 3
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
-STRATEGIES = ("ddp",)
+STRATEGIES = ("ddp", "fsdp")
 
 
 def derived_seed(*parts: int) -> int:
@@ -199,10 +203,13 @@ class Pretrainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _no_sync(self, inner: bool) -> AbstractContextManager[Any]:
-        """DDP's ``no_sync`` on inner micro-steps: gradients accumulate locally, and only the last
-        micro-step's backward all-reduces them (one all-reduce per update, not k)."""
+        """DDP's ``no_sync`` (FSDP: ``set_requires_gradient_sync(False)``) on inner micro-steps:
+        gradients accumulate locally, and only the last micro-step's backward all-reduces (FSDP:
+        reduce-scatters) them, one collective per update instead of k."""
         if inner and hasattr(self.parallel_model, "no_sync"):
             return self.parallel_model.no_sync()
+        if hasattr(self.parallel_model, "set_requires_gradient_sync"):
+            self.parallel_model.set_requires_gradient_sync(not inner)
         return nullcontext()
 
     def forward_backward(self, micro_batches: list[dict[str, torch.Tensor]]) -> float:
@@ -240,6 +247,8 @@ class Pretrainer:
         mean_loss = self.forward_backward(micro_batches)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), max_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor over the shards
+            grad_norm = grad_norm.full_tensor()
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -279,13 +288,34 @@ class Pretrainer:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def save(self, ckpt_dir: Path, rng_states: list[dict[str, Any]] | None = None) -> None:
-        """Write a checkpoint; ``rng_states`` are every rank's (``gather_rng_states``), default this one's."""
+    def gather_full_state(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Under FSDP, the unsharded model and optimizer states (a collective: all ranks call it,
+        rank 0 gets them complete); None otherwise, where rank 0 already holds everything."""
+        if not is_sharded(self.raw_model):
+            return None
+        return full_state(self.raw_model, self.optimizer)
+
+    def save(
+        self,
+        ckpt_dir: Path,
+        rng_states: list[dict[str, Any]] | None = None,
+        gathered: tuple[dict[str, Any], dict[str, Any]] | None = None,
+    ) -> None:
+        """Write a checkpoint; ``rng_states`` are every rank's (``gather_rng_states``), default this
+        one's; ``gathered`` is ``gather_full_state()`` (required under FSDP)."""
+        model, optimizer_state = self.raw_model, None
+        if is_sharded(self.raw_model):
+            if gathered is None:
+                raise RuntimeError("an FSDP checkpoint needs gather_full_state() from every rank first")
+            model = pretraining_model(self.model_cfg, self.cfg)  # an unsharded CPU copy to write
+            model.load_state_dict(gathered[0])
+            optimizer_state = gathered[1]
         save_checkpoint(
             ckpt_dir,
-            model=self.raw_model,
+            model=model,
             model_cfg=self.model_cfg,
             optimizer=self.optimizer,
+            optimizer_state=optimizer_state,
             scheduler=self.scheduler,
             state=self.state,
             extra={"task": self.cfg.objective, "pretrain": asdict(self.cfg)},
@@ -302,9 +332,16 @@ class Pretrainer:
         return states
 
     def restore(self, ckpt_dir: Path) -> None:
-        self.state = load_checkpoint(
-            ckpt_dir, model=self.raw_model, optimizer=self.optimizer, scheduler=self.scheduler
-        )
+        if is_sharded(self.raw_model):  # every rank reads the full state and keeps its shard
+            full = pretraining_model(self.model_cfg, self.cfg)
+            load_weights(full, Path(ckpt_dir))
+            load_full_state(self.raw_model, self.optimizer, full.state_dict(), read_optimizer_state(ckpt_dir))
+            self.scheduler.load_state_dict(read_scheduler_state(ckpt_dir))
+            self.state = read_trainer_state(ckpt_dir)
+        else:
+            self.state = load_checkpoint(
+                ckpt_dir, model=self.raw_model, optimizer=self.optimizer, scheduler=self.scheduler
+            )
         rng = read_rng_states(ckpt_dir)
         if len(rng) == self.world_size:  # another world size: the derived seeds alone carry on
             restore_rng_state(rng[self.rank])
@@ -365,6 +402,14 @@ def _due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
+def _wrapper(cfg: PretrainConfig) -> Callable[[nn.Module], nn.Module]:
+    """DDP through Ray's ``prepare_model`` (device placement, DDP only when world size > 1), or FSDP."""
+    if cfg.strategy == "fsdp":
+        device = ray.train.torch.get_device()
+        return lambda model: shard_model(model, device)
+    return ray.train.torch.prepare_model
+
+
 def _inject_fault(fault: dict[str, Any] | None, step: int, rank: int) -> None:
     """Chaos drill for fault-tolerance tests: at ``fault["step"]`` on ``fault["rank"]``, once per
     ``fault["pid_file"]``, write this worker's PID there and wait to be SIGKILLed from outside
@@ -395,7 +440,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         rank=ctx.get_world_rank(),
         world_size=ctx.get_world_size(),
         device=ray.train.torch.get_device(),
-        wrap_model=ray.train.torch.prepare_model,
+        wrap_model=_wrapper(cfg),
     )
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restart after a failure, or a rerun of the same run name
@@ -439,10 +484,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # hands over a checkpoint (the weights are identical on all ranks under DDP), holding
             # every rank's RNG states.
             report["tokens_seen"] = state.tokens_seen
-            rng_states = trainer.gather_rng_states()
+            rng_states, gathered = trainer.gather_rng_states(), trainer.gather_full_state()
             if trainer.rank == 0:
                 with tempfile.TemporaryDirectory() as d:
-                    trainer.save(Path(d), rng_states)
+                    trainer.save(Path(d), rng_states, gathered)
                     ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(d))
             else:
                 ray.train.report(report)

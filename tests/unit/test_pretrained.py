@@ -69,3 +69,30 @@ def test_run_id_errors(tracking, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         resolve_pretrained(bare)
     with pytest.raises(InputError, match="neither a pretrained model directory nor an MLflow run id"):
         resolve_pretrained(str(tmp_path / "nowhere"))
+
+
+def test_the_cli_turns_a_run_id_into_a_stage_ref(model_dir: Path, tmp_path: Path, monkeypatch):
+    """`plm finetune --pretrained <run id>`: the pretrain flow logs the whole stage directory
+    (manifest included) as the model artifact, so the download is a stage with the same digest."""
+    from flows.cli import _pretrained_ref
+    from plm_core.stage import ref_of, run_stage
+    from plm_core.tracking import tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    runs = tmp_path / "runs"
+    stage = run_stage("pretrain", runs / "stages" / "pretrain" / "x", lambda d: _copy(model_dir, d))
+    uri = tracking_uri(runs)
+    client = MlflowClient(uri)
+    run_id = client.create_run(ensure_experiment(uri, "plm-pipeline", runs)).info.run_id
+    client.log_artifacts(run_id, stage.path, "model")
+    ref = _pretrained_ref(run_id, runs)
+    assert ref.digest == stage.digest and Path(ref.path).is_relative_to(runs / "pretrained")
+    assert _pretrained_ref(stage.path, runs) == ref_of(stage.path)
+
+
+def _copy(src: Path, dst: Path) -> dict:
+    import shutil
+
+    for f in src.iterdir():
+        shutil.copy(f, dst / f.name)
+    return {"files": len(list(src.iterdir()))}

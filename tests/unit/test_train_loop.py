@@ -282,3 +282,37 @@ def test_bad_speed_options_fail_with_the_field_named(pack: Path):
                        ({"strategy": "zero3"}, "strategy"), ({"lr_schedule": "step"}, "lr_schedule")]:  # fmt: skip
         with pytest.raises(ConfigError, match=field):
             Pretrainer(_config(pack, **bad))
+
+
+def test_fsdp_trains_like_the_plain_model_and_resumes_exactly(pack: Path, gloo_world_of_one, tmp_path: Path):
+    """FSDP2 over a world of one (gloo, CPU): the same losses as the unwrapped model, and a
+    checkpoint in the unsharded format that resumes the sharded run and loads into a plain model."""
+    from plm_core.models.io import load_weights
+    from plm_core.train.fsdp import is_sharded, shard_model
+
+    def fsdp(**kw) -> Pretrainer:
+        wrap = lambda m: shard_model(m, torch.device("cpu"))  # noqa: E731
+        return Pretrainer(_no_dropout(pack, strategy="fsdp", **kw), wrap_model=wrap)
+
+    plain = Pretrainer(_no_dropout(pack))
+    reference = [plain.train_step()["loss"] for _ in range(4)]
+
+    first = fsdp()
+    assert is_sharded(first.raw_model)
+    losses = [first.train_step()["loss"] for _ in range(2)]
+    first.save(tmp_path, gathered=first.gather_full_state())
+    with pytest.raises(RuntimeError, match="gather_full_state"):
+        first.save(tmp_path / "again")
+    resumed = fsdp()
+    resumed.restore(tmp_path)
+    assert resumed.state.step == 2
+    losses += [resumed.train_step()["loss"] for _ in range(2)]
+    assert losses == pytest.approx(reference, rel=1e-5)
+
+    loaded = BertForMaskedLM(ModelConfig(**{**asdict(TINY), "dropout": 0.0, "attention_dropout": 0.0}))
+    load_weights(loaded, tmp_path)  # what fine-tuning does with a pretrain checkpoint
+    after_two = Pretrainer(_no_dropout(pack))
+    for _ in range(2):
+        after_two.train_step()
+    for name, t in after_two.raw_model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], t, rtol=1e-5, atol=1e-6, msg=name)
