@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
 from prefect.artifacts import create_markdown_artifact
 
+from flows.artifacts import publish_run_artifacts
 from flows.clean import clean_flow
 from flows.evaluate import evaluate_flow
 from flows.finetune import finetune_flow
@@ -20,6 +21,8 @@ from flows.register import register_flow, register_lm_flow
 from flows.tokenizer import tokenizer_flow
 from flows.tracking import StageRun, pipeline_run, record_stages
 from plm_core.stage import StageRef, read_manifest
+
+GPU_TAG = "gpu"
 
 
 @flow(name="plm-pipeline", log_prints=True)
@@ -40,11 +43,13 @@ def _pipeline(params: PipelineParams, compare_random_init: bool, parent: StageRu
     cleaned = clean_flow(ingested, params.clean, runs, force)
     tokenizer = tokenizer_flow(cleaned, params.tokenizer, runs, force)
     packed = pack_flow(cleaned, tokenizer, params.pack, runs, force)
-    pretrained = pretrain_flow(
-        packed, tokenizer, params.model, params.pretrain, runs, params.experiment, force
-    )
     ft = params.finetune
-    finetuned = finetune_flow(tokenizer, pretrained, params.model, ft, runs, params.experiment, force)
+    # Task runs tagged "gpu" share the tag concurrency limit that flows/deploy.py creates on a server.
+    with tags(GPU_TAG):
+        pretrained = pretrain_flow(
+            packed, tokenizer, params.model, params.pretrain, runs, params.experiment, force
+        )
+        finetuned = finetune_flow(tokenizer, pretrained, params.model, ft, runs, params.experiment, force)
     evaluated = evaluate_flow(finetuned, ft.dev_path, ft.text_field, ft.label_field, runs, force)
     registered = register_flow(finetuned, evaluated, params.registry, runs, params.experiment, force)
     stages = {
@@ -67,7 +72,19 @@ def _pipeline(params: PipelineParams, compare_random_init: bool, parent: StageRu
     create_markdown_artifact(
         key="plm-pipeline-summary", markdown=_markdown(summary), description="Pipeline run"
     )
+    publish_run_artifacts(summary)
     return summary
+
+
+@flow(name="tokenizer-refresh", log_prints=True)
+def tokenizer_refresh(params: PipelineParams) -> dict[str, str]:
+    """Ingest, clean and tokenizer only (the weekly deployment): a corpus that changed since the
+    last run gets a new tokenizer; an unchanged one is a cache hit for all three stages."""
+    runs = str(Path(params.runs_dir).resolve())
+    ingested = ingest_flow(params.ingest, runs, params.force)
+    cleaned = clean_flow(ingested, params.clean, runs, params.force)
+    tokenizer = tokenizer_flow(cleaned, params.tokenizer, runs, params.force)
+    return {s.stage: s.path for s in (ingested, cleaned, tokenizer)}
 
 
 def _summary(stages: dict[str, StageRef]) -> dict[str, Any]:
