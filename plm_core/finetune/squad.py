@@ -17,8 +17,9 @@ files (which share most articles) are split alike.
 Offsets: SentencePiece (``nmt_nfkc``) normalises text before cutting it (NFKC, whitespace runs
 collapsed), so piece strings are not substrings of the context. ``encode(..., out_type=
 "offset_mapping")`` gives each piece its character span in the *original* text; we then
-(1) give the zero-width byte-fallback pieces of one character the span of the piece that
-completes it, and (2) move each span's start past the whitespace the ``▁`` marker stands for.
+(1) move each span's start past the whitespace the ``▁`` marker stands for, and (2) give pieces
+left without characters (the leading byte-fallback pieces of one character, the ``▁f`` of
+``ﬁ`` -> ``fi``) the span of the next piece, which holds their character.
 An answer span decoded from tokens is always a slice of the original context, so NFKC never
 leaks into an answer (``ﬁ`` stays ``ﬁ``). The only loss is granularity: an answer that starts or
 ends inside a piece ("Broncos" inside "▁Broncos'") cannot be reproduced exactly
@@ -314,20 +315,23 @@ class EncodedContext:
         return self.starts < self.ends
 
 
-def token_spans(text: str, offsets: Sequence[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+def token_spans(
+    text: str, offsets: Sequence[tuple[int, int]], pieces: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     """Character spans of pieces in ``text`` from SentencePiece's offset mapping (see module doc)."""
     n = len(offsets)
     starts = np.fromiter((s for s, _ in offsets), dtype=np.int64, count=n)
     ends = np.fromiter((e for _, e in offsets), dtype=np.int64, count=n)
-    # Byte-fallback pieces of one character: all but the last are zero-width at its start.
-    for i in range(n - 2, -1, -1):
-        if starts[i] == ends[i] and starts[i + 1] == starts[i]:
-            ends[i] = ends[i + 1]
     for i in range(n):
         s, e = int(starts[i]), int(ends[i])
         while s < e and text[s].isspace():
             s += 1
-        starts[i] = s if s < e else e
+        starts[i] = s
+    # A piece left without characters although it stands for some (all but the last byte-fallback
+    # piece of a character; "▁f" of NFKC("ﬁ") = "fi") shares the span of the piece that holds them.
+    for i in range(n - 2, -1, -1):
+        if starts[i] == ends[i] and pieces[i] != "▁" and starts[i + 1] == starts[i]:
+            ends[i] = ends[i + 1]
     return starts, ends
 
 
@@ -336,7 +340,7 @@ def encode_contexts(tokenizer: _Tokenizer, texts: Sequence[str]) -> list[Encoded
     out = tokenizer.sp.encode(list(texts), out_type="offset_mapping", num_threads=tokenizer.num_threads)
     encoded = []
     for text, item in zip(texts, out, strict=True):
-        starts, ends = token_spans(text, item["offsets"])
+        starts, ends = token_spans(text, item["offsets"], item["pieces"])
         encoded.append(EncodedContext(list(item["ids"]), starts, ends))
     return encoded
 

@@ -270,9 +270,13 @@ def test_offsets_on_real_squad(squad_v1: SquadData, squad_v2: SquadData, squad_t
 
 
 def test_offsets_survive_nfkc_and_whitespace(squad_tokenizer: Tokenizer) -> None:
-    context = "Ａｂｃ  ﬁne café\u00a0bar, ½ cup;\tend  (NFL)"
+    context = "Ａｂｃ  ﬁne café\u00a0bar, ½ cup;\tend  (NFL) 🙂"
     ctx = encode_contexts(squad_tokenizer, [context])[0]
-    for word in ("Ａｂｃ", "ﬁne", "café", "bar", "½", "cup", "end", "NFL"):
+    pieces = [squad_tokenizer.id_to_piece(i) for i in ctx.ids]
+    assert pieces.count("<0xF0>") == 1  # the emoji is four byte-fallback pieces ...
+    for i, piece in enumerate(pieces):  # ... which, like every piece but a lone "▁", span characters
+        assert ctx.starts[i] < ctx.ends[i] or piece == "▁", (piece, ctx.starts[i], ctx.ends[i])
+    for word in ("Ａｂｃ", "ﬁne", "café", "bar", "½", "cup", "end", "NFL", "🙂"):
         start = context.index(word)
         span = answer_token_span(ctx, start, start + len(word))
         assert span is not None
