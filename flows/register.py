@@ -67,7 +67,9 @@ def register_task(
             if task_name == "classification"
             else report.get("headline") or TASKS[task_name].gate_metric
         )
-        plots = evaluation_plots(report, d / "plots")
+        metrics_path = model_dir / "metrics.json"
+        history = json.loads(metrics_path.read_text()).get("history", []) if metrics_path.is_file() else []
+        plots = evaluation_plots(report, d / "plots", history)
         result = log_and_register(
             model_dir,
             task=task_name,

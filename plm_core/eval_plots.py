@@ -1,4 +1,5 @@
-"""Evaluation pictures logged next to a registered model: confusion matrix, per-entity F1.
+"""Evaluation pictures logged next to a registered model: confusion matrix, per-entity F1, the
+fine-tuning curve.
 
 Bare ``Figure`` on the Agg canvas (as ``train/plots.py``): no pyplot state, safe in threads.
 """
@@ -53,10 +54,44 @@ def plot_per_entity_f1(per_entity: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def evaluation_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Every picture ``report`` (an evaluate stage's report.json) has data for."""
+def plot_history(history: Sequence[dict[str, Any]], path: Path, title: str = "fine-tuning") -> Path | None:
+    """Each numeric series of a fine-tuning history (train loss, dev metrics) against the step,
+    losses on the left axis, scores on the right; None when there is nothing to draw."""
+    skip = {"step", "epoch", "seconds"}
+    keys = sorted({k for h in history for k, v in h.items() if k not in skip and isinstance(v, int | float)})
+    if not keys or len(history) < 1:
+        return None
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    left = fig.add_subplot()
+    right = left.twinx()
+    for key in keys:
+        points = [(h["step"], h[key]) for h in history if isinstance(h.get(key), int | float) and "step" in h]
+        ax = left if "loss" in key else right
+        ax.plot([p[0] for p in points], [p[1] for p in points], "o-", label=key, lw=1)
+    left.set_xlabel("step")
+    left.set_ylabel("loss")
+    right.set_ylabel("dev score")
+    handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    labels = left.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
+    left.legend(handles, labels, fontsize=8)
+    left.set_title(title)
+    left.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def evaluation_plots(
+    report: dict[str, Any], out_dir: Path, history: Sequence[dict[str, Any]] = ()
+) -> list[Path]:
+    """Every picture ``report`` (an evaluate stage's report.json) and the fine-tuning ``history``
+    (metrics.json) have data for."""
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []
+    curve = plot_history(history, out_dir / "finetune_curve.png") if history else None
+    if curve is not None:
+        made.append(curve)
     if report.get("confusion") and report.get("labels"):
         made.append(
             plot_confusion_matrix(report["confusion"], report["labels"], out_dir / "confusion_matrix.png")

@@ -56,7 +56,7 @@ def test_pipeline_logged_nested_runs_datasets_plots_and_models(pipeline_on_serve
     pre_files = {f.path for f in client.list_artifacts(pretrain)}
     assert "loss_curve.png" in pre_files
     ft_files = {f.path for f in client.list_artifacts(finetune, "plots")}
-    assert "plots/confusion_matrix.png" in ft_files
+    assert {"plots/confusion_matrix.png", "plots/finetune_curve.png"} <= ft_files
     hf = {f.path for f in client.list_artifacts(finetune, "hf")}
     assert {"hf/config.json", "hf/model.safetensors"} <= hf
     lm_hf = {f.path for f in client.list_artifacts(pretrain, "hf")}
