@@ -337,8 +337,9 @@ def _export_hf(model_dir: Path, into: Path) -> tuple[Path | None, str]:
 
     try:
         summary = export_hf(model_dir, into)
-    except (ConfigError, KeyError) as err:
-        return None, f"not exported: {err}"
+    except Exception as err:  # an architecture HF cannot express must not block the registration
+        log.warning("HF export of %s skipped: %s", model_dir, err)
+        return None, f"not exported: {type(err).__name__}: {err}"
     return into, f"{summary['architectures']}: {summary['note']}"
 
 
