@@ -148,7 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--full-lr", type=float, default=1e-3)
     parser.add_argument("--lora-lr", type=float, default=3e-3)
-    parser.add_argument("--lora-r", type=int, default=8)
+    parser.add_argument("--lora-r", type=int, default=4)
+    parser.add_argument(
+        "--lora-name", default="lora", help="output name of the LoRA run (to compare settings)"
+    )
+    parser.add_argument(
+        "--no-lora-embeddings",
+        dest="lora_embeddings",
+        action="store_false",
+        help="LoRA on Linear layers only",
+    )
     parser.add_argument("--adapter-lr", type=float, default=1e-2)
     parser.add_argument("--distill-lr", type=float, default=1e-3)
     parser.add_argument("--student-layers", type=int, default=1)
@@ -178,8 +187,16 @@ def main(argv: list[str] | None = None) -> int:
         keep("full", _finetune("full", args, args.pretrained, lr=args.full_lr))
     if "lora" in parts:
         keep(
-            "lora",
-            _finetune("lora", args, args.pretrained, method="lora", lr=args.lora_lr, lora_r=args.lora_r),
+            args.lora_name,
+            _finetune(
+                args.lora_name,
+                args,
+                args.pretrained,
+                method="lora",
+                lr=args.lora_lr,
+                lora_r=args.lora_r,
+                lora_embeddings=args.lora_embeddings,
+            ),
         )
     if "adapter" in parts:
         keep("adapter", _finetune("adapter", args, args.pretrained, method="adapter", lr=args.adapter_lr))
@@ -200,9 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 
     full = summary.get("full", {})
     print("\n== summary ==")
-    for name in ("full", "lora", "adapter"):
-        if name in summary:
-            s = summary[name]
+    for name, s in summary.items():
+        if "trainable_fraction" in s and not name.startswith("distill_"):
             gap = 100 * (full.get("dev_accuracy", float("nan")) - s["dev_accuracy"])
             print(
                 f"{name:8s} dev acc {100 * s['dev_accuracy']:.2f}%  trainable {s['trainable_parameters']:,} / "

@@ -335,6 +335,7 @@ class FinetuneConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.1
+    lora_embeddings: bool = True  # LoRA on the token embeddings too (see finetune/peft.py for why)
     # knowledge distillation (plm_core.finetune.distill): a fine-tuned classifier directory as
     # teacher; loss = alpha * CE + (1 - alpha) * T^2 * KL; the student keeps the teacher's sizes
     # except student_layers / student_hidden (0 = the teacher's).

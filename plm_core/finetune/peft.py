@@ -31,6 +31,11 @@ ADAPTER_DIR = "adapter"
 
 # Full module names, anchored (peft fullmatches a string target against each module name).
 ATTENTION_AND_FFN = r"encoder\.layers\.\d+\.(attn\.(query|key|value|out)|ffn\.(up|gate|down))"
+# LoRA on the token embeddings (peft supports nn.Embedding): the sentiment of a word lives in its
+# embedding, and a lightly pretrained body's [CLS] state barely depends on the other tokens, so
+# without adapting the embeddings LoRA on such a body cannot move off the majority class (measured
+# on SST-2 with the tiny preset; docs/benchmarks.md). Costs r * (V + H) parameters.
+WORD_EMBEDDINGS = r"encoder\.embeddings\.word"
 IA3_TARGETS = r"encoder\.layers\.\d+\.(attn\.(key|value)|ffn\.down)"
 IA3_FEEDFORWARD = r"encoder\.layers\.\d+\.ffn\.down"  # IA3 scales this layer's input, not its output
 
@@ -102,7 +107,9 @@ def apply_peft(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
             lora_dropout=cfg.lora_dropout,
-            target_modules=ATTENTION_AND_FFN,
+            target_modules=f"({ATTENTION_AND_FFN}|{WORD_EMBEDDINGS})"
+            if cfg.lora_embeddings
+            else ATTENTION_AND_FFN,
             modules_to_save=save,
             bias="none",
         )

@@ -42,14 +42,18 @@ def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_trains_under_5_percent_and_only_lora_and_head_move(family: str) -> None:
-    model = apply_peft(_model(family), FinetuneConfig(method="lora", lora_r=8))
+    model = apply_peft(_model(family), FinetuneConfig(method="lora", lora_r=4))
     counts = count_parameters(model)
     assert 0 < counts.fraction < 0.05
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable)
-    # Every attention and feed-forward Linear of the body carries LoRA.
+    # Every attention and feed-forward Linear of the body carries LoRA, and so do the embeddings.
     adapted = {n.split(".lora_A")[0] for n in trainable if ".lora_A." in n}
     assert len(adapted) == 6 * 2  # query, key, value, out, up, down x 2 layers
+    assert any("embeddings.word.lora_embedding_A" in n for n in trainable)
+    without = apply_peft(_model(family), FinetuneConfig(method="lora", lora_r=4, lora_embeddings=False))
+    assert not any("embedding" in n for n, p in without.named_parameters() if p.requires_grad)
+    assert count_parameters(without).trainable < counts.trainable
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     batch = _batch()
