@@ -71,6 +71,7 @@ def _params(
     data_dir: Path | None = None,
     family: str = "encoder",
     arch: str = "",
+    tasks: list[str] | None = None,
 ) -> PipelineParams:
     overrides = list(sets or [])
     if corpus:
@@ -83,10 +84,25 @@ def _params(
         arch=arch,
         runs_dir=str(runs_dir.resolve()),
         force=force,
+        **({"tasks": tasks} if tasks else {}),
     )
 
 
-def _execute(runs_dir: Path, body: Callable[[], Any], preflight: Callable[[], Any] | None = None) -> None:
+def _task_list(raw: str) -> list[str]:
+    from plm_core.finetune.tasks import check_task
+
+    names = [t.strip() for t in raw.split(",") if t.strip()]
+    for name in names:
+        check_task(name)
+    return names
+
+
+def _execute(
+    runs_dir: Path,
+    body: Callable[[], Any],
+    preflight: Callable[[], Any] | None = None,
+    footer: Callable[[], str | None] | None = None,
+) -> None:
     """Run a flow, turning a user-facing error into one line on stderr and exit code 2.
 
     ``preflight`` runs cheap checks (does the corpus exist?) before Prefect starts its API, so a
@@ -106,6 +122,9 @@ def _execute(runs_dir: Path, body: Callable[[], Any], preflight: Callable[[], An
         typer.echo(f"plm: error: {type(err).__name__}: {err}", err=True)
         raise typer.Exit(2) from None
     typer.echo(json.dumps(result, indent=2, default=str))
+    last = footer() if footer is not None else None
+    if last:
+        typer.echo(last)
 
 
 def _check_corpus(params: PipelineParams) -> None:
@@ -141,13 +160,16 @@ def run(
     data_dir: DataDir = None,
     family: Family = "encoder",
     arch: Arch = "",
+    tasks: Annotated[
+        str, typer.Option(help="Comma-separated downstream tasks: classification, ner, qa.")
+    ] = "classification",
 ) -> None:
     """Run the whole pipeline: ingest, clean, tokenizer, pack, pretrain, finetune, eval, register."""
 
     def body() -> Any:
         from flows.pipeline import pipeline
 
-        params = _params(preset, sets, runs_dir, force, corpus, data_dir, family, arch)
+        params = _params(preset, sets, runs_dir, force, corpus, data_dir, family, arch, _task_list(tasks))
         return pipeline(params, compare_random_init=compare_random_init)["headline"]
 
     _execute(runs_dir, body, lambda: _check_corpus(_params(preset, sets, runs_dir, force, corpus, data_dir)))
@@ -297,42 +319,78 @@ def finetune(
     data_dir: DataDir = None,
     family: Family = "encoder",
     arch: Arch = "",
+    task: Annotated[
+        str, typer.Option(help="classification (SST-2), ner (CoNLL-2003) or qa (SQuAD); --set its section.")
+    ] = "classification",
 ) -> None:
-    """Fine-tune a sequence classifier (SST-2 by default) from a pretrained checkpoint or random init."""
+    """Fine-tune one task from a pretrained checkpoint (path or MLflow run id) or from random init."""
 
     def body() -> Any:
         from flows.finetune import finetune_flow
+        from flows.params import TASK_SECTIONS
+        from plm_core.finetune.tasks import check_task
 
+        check_task(task)
         p = _params(preset, sets, runs_dir, force, data_dir=data_dir, family=family, arch=arch)
+        cfg = getattr(p, TASK_SECTIONS[task])
         pre = _pretrained_ref(pretrained_dir, runs_dir) if pretrained_dir else None
-        return finetune_flow(_ref(tokenizer_dir), pre, p.model, p.finetune, p.runs_dir, p.experiment, force)
+        return finetune_flow(_ref(tokenizer_dir), pre, p.model, cfg, p.runs_dir, p.experiment, force)
 
     _execute(runs_dir, body)
 
 
 @app.command(name="eval")
 def evaluate(
-    model: Annotated[Path, typer.Option(help="A fine-tune stage directory.")],
-    data: Annotated[Path, typer.Option(help="Labelled jsonl/csv/tsv file to evaluate on.")],
-    text_field: Annotated[str, typer.Option(help="Field holding the text.")] = "sentence",
-    label_field: Annotated[str, typer.Option(help="Field holding the label.")] = "label",
+    model: Annotated[
+        str, typer.Option(help="A fine-tuned model directory, or an MLflow URI (models:/NAME@ALIAS, runs:/ID/model).")
+    ],
+    data: Annotated[Path, typer.Option(help="Labelled file: jsonl/csv/tsv, CoNLL, or SQuAD JSON.")],
+    task: Annotated[
+        str, typer.Option(help="classification, ner or qa; default: the task the model was trained for.")
+    ] = "",
+    text_field: Annotated[str, typer.Option(help="classification: field holding the text.")] = "",
+    label_field: Annotated[str, typer.Option(help="classification: field holding the label.")] = "",
     runs_dir: RunsDir = Path("runs"),
     force: Force = False,
 ) -> None:
-    """Evaluate a fine-tuned classifier on a labelled file and write a JSON report."""
+    """Evaluate a fine-tuned model on a labelled file: a JSON report, the headline metric last.
+
+    The file is read as the model's training files were (fields, CoNLL columns) unless told otherwise."""
+    state: dict[str, Any] = {}
 
     def body() -> Any:
         from flows.evaluate import evaluate_flow
-        from plm_core.errors import InputError
+        from plm_core.config import FinetuneConfig, with_overrides
+        from plm_core.errors import ConfigError, InputError
+        from plm_core.finetune.tasks import model_task
+        from plm_core.models.io import load_config
+        from plm_core.serving.model_uri import resolve_model_dir
+        from plm_core.stage import StageRef, content_digest, file_hashes, is_complete, ref_of
+        from plm_core.tracking import tracking_uri
 
         if not data.is_file():
             raise InputError(data, "does not exist")
-        ref = evaluate_flow(
-            _ref(model), str(data.resolve()), text_field, label_field, str(runs_dir.resolve()), force
+        runs = runs_dir.resolve()
+        model_dir = resolve_model_dir(model, runs / "downloads", tracking_uri(str(runs)))
+        trained_for = model_task(model_dir)
+        if task and task != trained_for:
+            raise ConfigError(f"--task {task} but {model} was fine-tuned for {trained_for}")
+        saved = load_config(model_dir)[1].get("finetune", {})
+        known = {k: v for k, v in saved.items() if k in FinetuneConfig.__dataclass_fields__}
+        cfg = with_overrides(FinetuneConfig(), **known)
+        cfg = with_overrides(
+            cfg, **{k: v for k, v in (("text_field", text_field), ("label_field", label_field)) if v}
         )
-        return json.loads((Path(ref.path) / "report.json").read_text())
+        if is_complete(model_dir):
+            ref = ref_of(model_dir)
+        else:
+            ref = StageRef(stage="model", path=str(model_dir), digest=content_digest(file_hashes(model_dir)))
+        out = evaluate_flow(ref, cfg, str(runs), force, data_path=str(data.resolve()))
+        report = json.loads((Path(out.path) / "report.json").read_text())
+        state["headline"] = f"{report['headline']}: {report[report['headline']]:.4f}"
+        return report
 
-    _execute(runs_dir, body)
+    _execute(runs_dir, body, footer=lambda: state.get("headline"))
 
 
 @app.command(epilog=_settable_fields())

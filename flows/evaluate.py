@@ -1,46 +1,70 @@
-"""Evaluate stage: the fine-tuned model on a labelled file, a JSON report, metrics to MLflow."""
+"""Evaluate stage: a fine-tuned model (any task) on a labelled file, a JSON report, metrics to MLflow.
+
+The task comes from the model directory's config.json; the file is read with the reading switches
+of the task's FinetuneConfig (text/label fields, CoNLL columns), which are part of the cache key.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from mlflow.tracking import MlflowClient
 from prefect import flow, task
 
 from flows.common import TASK_DEFAULTS, call_stage, stage_dir
-from plm_core.serving.classifier import evaluate_classification
+from plm_core.config import FinetuneConfig
+from plm_core.finetune import tasks
 from plm_core.stage import StageRef, read_manifest, run_stage, sha256_file
 from plm_core.tracking import tracking_uri
+
+# The FinetuneConfig fields that change how an evaluation file is read, per task.
+READING_FIELDS = {
+    "classification": ("text_field", "label_field", "text_pair_field"),
+    "ner": ("token_column", "tag_column", "tag_scheme", "column_separator"),
+    "qa": (),
+}
+
+
+def reading_params(task_name: str, cfg: FinetuneConfig) -> dict[str, Any]:
+    return {f: getattr(cfg, f) for f in READING_FIELDS[task_name]}
+
+
+def scalar_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The report's top-level numbers (accuracy, f1, exact_match, n ...): the stage's counts."""
+    return {k: float(v) for k, v in report.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 @task(name="evaluate", **TASK_DEFAULTS)
 def evaluate_task(
     finetuned: StageRef,
+    task_name: str,
+    cfg: FinetuneConfig,
     data_path: str,
     data_digest: str,
-    text_field: str,
-    label_field: str,
     runs_dir: str,
     out_dir: str,
 ) -> StageRef:
     def body(d: Path) -> dict:
-        report = evaluate_classification(Path(finetuned.path), Path(data_path), text_field, label_field)
+        report = tasks.evaluate(task_name, Path(finetuned.path), Path(data_path), cfg)
         report["data_path"] = data_path
-        (d / "report.json").write_text(json.dumps(report, indent=2))
-        run_id = read_manifest(finetuned.path)["counts"].get("mlflow_run_id")
+        (d / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        counts = scalar_metrics(report)
+        manifest = Path(finetuned.path) / "manifest.json"
+        run_id = read_manifest(finetuned.path)["counts"].get("mlflow_run_id") if manifest.is_file() else None
         if run_id:
             client = MlflowClient(tracking_uri(runs_dir))
-            for key in ("accuracy", "macro_f1"):
-                client.log_metric(run_id, f"eval_{key}", float(report[key]))
+            for key, value in counts.items():
+                client.log_metric(run_id, f"eval_{key}", value)
             client.log_artifact(run_id, str(d / "report.json"), "eval")
-        return {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "n": report["n"]}
+        return {**counts, "task": task_name, "headline": report["headline"]}
 
     return run_stage(
         "evaluate",
         out_dir,
         body,
-        params={"data_path": data_path, "text_field": text_field, "label_field": label_field},
+        params={"task": task_name, "data_path": data_path, **reading_params(task_name, cfg)},
         inputs={"finetune": finetuned.digest, "data": data_digest},
     )
 
@@ -48,22 +72,25 @@ def evaluate_task(
 @flow(name="evaluate")
 def evaluate_flow(
     finetuned: StageRef,
-    data_path: str,
-    text_field: str = "sentence",
-    label_field: str = "label",
+    cfg: FinetuneConfig,
     runs_dir: str = "runs",
     force: bool = False,
+    data_path: str = "",
 ) -> StageRef:
-    data_digest = sha256_file(data_path)
-    out = stage_dir(runs_dir, "evaluate", finetuned.digest, data_digest, text_field, label_field)
+    """Evaluate on ``data_path``, by default the task's evaluation file (``eval_path``, else ``dev_path``)."""
+    task_name = tasks.model_task(Path(finetuned.path))
+    path = str(Path(data_path or tasks.eval_path(cfg)).resolve())
+    data_digest = sha256_file(path)
+    reading = reading_params(task_name, cfg)
+    out = stage_dir(runs_dir, "evaluate", finetuned.digest, data_digest, task_name, reading)
     return call_stage(
         evaluate_task,
         out,
         force=force,
         finetuned=finetuned,
-        data_path=data_path,
+        task_name=task_name,
+        cfg=cfg,
+        data_path=path,
         data_digest=data_digest,
-        text_field=text_field,
-        label_field=label_field,
         runs_dir=runs_dir,
     )

@@ -1,4 +1,5 @@
-"""Finetune stage: a sequence classifier from the pretrained checkpoint (or from random init)."""
+"""Finetune stage: one task (classification, NER or extractive QA, ``cfg.task``) from the pretrained
+checkpoint or from random init."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from prefect import flow, task
 from flows.common import TASK_DEFAULTS, call_stage, stage_dir
 from flows.tracking import stage_run
 from plm_core.config import FinetuneConfig, ModelConfig
-from plm_core.finetune.classification import finetune_classification
+from plm_core.finetune import tasks
 from plm_core.stage import StageRef, read_manifest, run_stage, sha256_file
 
 
@@ -39,10 +40,12 @@ def finetune_task(
             "plm.task_data_digest": data_digest,
             "plm.tokenizer_digest": tokenizer.digest,
         }
-        name = "finetune" if pretrained else "finetune-random-init"
+        name = "finetune" if cfg.task == "classification" else f"finetune-{cfg.task}"
+        name += "" if pretrained else "-random-init"
         with stage_run(runs_dir, experiment, name, tags) as run:
             run.log_params("finetune", cfg)
-            result = finetune_classification(
+            result = tasks.finetune(
+                cfg.task,
                 Path(tokenizer.path),
                 Path(pretrained.path) if pretrained else None,
                 model,
@@ -70,6 +73,7 @@ def finetune_flow(
     experiment: str = "plm-pipeline",
     force: bool = False,
 ) -> StageRef:
+    tasks.check_task(cfg.task)
     data_digest = task_data_digest(cfg)
     upstream = pretrained.digest if pretrained else "random-init"
     out = stage_dir(runs_dir, "finetune", model, cfg, tokenizer.digest, upstream, data_digest)

@@ -57,11 +57,26 @@ class PipelineParams(BaseModel):
     pack: PackConfig = Field(default_factory=PackConfig, description="Tokenize and pack.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Transformer sizes.")
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig, description="Ray Train pretraining.")
-    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Fine-tuning task.")
+    tasks: list[str] = Field(
+        default_factory=lambda: ["classification"],
+        description="Downstream tasks to fine-tune, evaluate and register: classification, ner, qa.",
+    )
+    finetune: FinetuneConfig = Field(
+        default_factory=FinetuneConfig, description="Classification fine-tuning (SST-2 by default)."
+    )
+    ner: FinetuneConfig = Field(
+        default_factory=lambda: FinetuneConfig(task="ner"),
+        description="NER fine-tuning (CoNLL-2003 by default; evaluated on eval_path, the test split).",
+    )
+    qa: FinetuneConfig = Field(
+        default_factory=lambda: FinetuneConfig(task="qa"),
+        description="Extractive QA fine-tuning (SQuAD v1.1, split by article into train and eval).",
+    )
     registry: RegisterConfig = Field(default_factory=RegisterConfig, description="MLflow registration.")
 
 
-SECTIONS = ("ingest", "clean", "tokenizer", "pack", "model", "pretrain", "finetune", "registry")
+SECTIONS = ("ingest", "clean", "tokenizer", "pack", "model", "pretrain", "finetune", "ner", "qa", "registry")
+TASK_SECTIONS = {"classification": "finetune", "ner": "ner", "qa": "qa"}
 
 
 DEFAULT_OBJECTIVE = {"encoder": "mlm", "decoder": "clm", "seq2seq": "span_corruption", "bart": "denoising"}
@@ -71,6 +86,21 @@ def _preset_sections(name: str, data_dir: Path, family: str, arch: str) -> dict[
     corpus = str(data_dir / "corpus" / "gutenberg")
     sst2 = data_dir / "glue_sst2"
     finetune = FinetuneConfig(train_path=str(sst2 / "train.jsonl"), dev_path=str(sst2 / "dev.jsonl"))
+    conll, squad = data_dir / "conll2003", str(data_dir / "squad_v1" / "dev_minus_xquad.json")
+    ner = FinetuneConfig(
+        task="ner",
+        train_path=str(conll / "train.conll"),
+        dev_path=str(conll / "valid.conll"),
+        eval_path=str(conll / "test.conll"),
+        max_len=128,
+        batch_size=32,
+        epochs=2,
+        lr=1e-3,
+    )
+    # SQuAD: only the dev set is public here; its articles are split into train and eval (qa.py).
+    qa = FinetuneConfig(
+        task="qa", train_path=squad, dev_path=squad, max_len=256, doc_stride=128, batch_size=16, epochs=2, lr=1e-3
+    )
     model = model_preset(name, family, **({"arch": arch} if arch else {}))
     objective = DEFAULT_OBJECTIVE.get(arch, DEFAULT_OBJECTIVE[family])
     if name == "tiny":
@@ -84,6 +114,8 @@ def _preset_sections(name: str, data_dir: Path, family: str, arch: str) -> dict[
                 objective=objective, max_steps=200, batch_size=32, seq_len=128, lr=1e-3, warmup_steps=20
             ),
             finetune=finetune,
+            ner=ner,
+            qa=qa,
             registry=RegisterConfig(),
         )
     if name in ("mini", "small", "base"):
@@ -95,6 +127,8 @@ def _preset_sections(name: str, data_dir: Path, family: str, arch: str) -> dict[
                 objective=objective, max_steps=5000, lr=5e-4, warmup_steps=500, use_gpu=True, num_workers=1
             ),
             finetune=finetune,
+            ner=ner,
+            qa=qa,
         )
     raise ConfigError(f"unknown preset {name!r}; choose one of tiny, mini, small, base")
 

@@ -15,11 +15,12 @@ from flows.evaluate import evaluate_flow
 from flows.finetune import finetune_flow
 from flows.ingest import ingest_flow
 from flows.pack import pack_flow
-from flows.params import PipelineParams
+from flows.params import TASK_SECTIONS, PipelineParams
 from flows.pretrain import pretrain_flow
 from flows.register import register_flow, register_lm_flow
 from flows.tokenizer import tokenizer_flow
 from flows.tracking import StageRun, pipeline_run, record_stages
+from plm_core.errors import ConfigError
 from plm_core.stage import StageRef, read_manifest
 
 GPU_TAG = "gpu"
@@ -43,30 +44,41 @@ def _pipeline(params: PipelineParams, compare_random_init: bool, parent: StageRu
     cleaned = clean_flow(ingested, params.clean, runs, force)
     tokenizer = tokenizer_flow(cleaned, params.tokenizer, runs, force)
     packed = pack_flow(cleaned, tokenizer, params.pack, runs, force)
-    ft = params.finetune
     # Task runs tagged "gpu" share the tag concurrency limit that flows/deploy.py creates on a server.
     with tags(GPU_TAG):
         pretrained = pretrain_flow(
             packed, tokenizer, params.model, params.pretrain, runs, params.experiment, force
         )
-        finetuned = finetune_flow(tokenizer, pretrained, params.model, ft, runs, params.experiment, force)
-    evaluated = evaluate_flow(finetuned, ft.dev_path, ft.text_field, ft.label_field, runs, force)
-    registered = register_flow(finetuned, evaluated, params.registry, runs, params.experiment, force)
-    stages = {
-        s.stage: s
-        for s in (ingested, cleaned, tokenizer, packed, pretrained, finetuned, evaluated, registered)
-    }
-    if compare_random_init:
-        scratch = finetune_flow(tokenizer, None, params.model, ft, runs, params.experiment, force)
-        stages["finetune_random_init"] = scratch
-        stages["evaluate_random_init"] = evaluate_flow(
-            scratch, ft.dev_path, ft.text_field, ft.label_field, runs, force
+    stages = {s.stage: s for s in (ingested, cleaned, tokenizer, packed, pretrained)}
+    task_files: dict[str, str] = {}
+    for task_name in params.tasks:
+        cfg = getattr(params, TASK_SECTIONS[task_name])
+        if cfg.task != task_name:
+            raise ConfigError(f"section {TASK_SECTIONS[task_name]!r} has task {cfg.task!r}, expected {task_name!r}")
+        # classification keeps the plain stage names (finetune, evaluate, register); others get a suffix.
+        suffix = "" if task_name == "classification" else f"_{task_name}"
+        with tags(GPU_TAG):
+            finetuned = finetune_flow(tokenizer, pretrained, params.model, cfg, runs, params.experiment, force)
+        evaluated = evaluate_flow(finetuned, cfg, runs, force)
+        stages["finetune" + suffix] = finetuned
+        stages["evaluate" + suffix] = evaluated
+        stages["register" + suffix] = register_flow(
+            finetuned, evaluated, params.registry, runs, params.experiment, force
         )
+        if compare_random_init:
+            with tags(GPU_TAG):
+                scratch = finetune_flow(tokenizer, None, params.model, cfg, runs, params.experiment, force)
+            stages["finetune_random_init" + suffix] = scratch
+            stages["evaluate_random_init" + suffix] = evaluate_flow(scratch, cfg, runs, force)
+        for split in ("train", "dev", "eval"):
+            path = getattr(cfg, f"{split}_path")
+            if path:
+                task_files[f"{task_name}_{split}" if suffix else split] = path
     if params.registry.register_lm and params.model.family == "decoder" and params.pretrain.objective == "clm":
         stages["register_lm"] = register_lm_flow(
             pretrained, tokenizer, params.registry, runs, params.experiment, force
         )
-    record_stages(parent, stages, {"train": ft.train_path, "dev": ft.dev_path})
+    record_stages(parent, stages, task_files)
     summary = _summary(stages)
     logger.info("pipeline summary: %s", json.dumps(summary["headline"]))
     create_markdown_artifact(
@@ -89,16 +101,24 @@ def tokenizer_refresh(params: PipelineParams) -> dict[str, str]:
 
 def _summary(stages: dict[str, StageRef]) -> dict[str, Any]:
     counts = {name: read_manifest(ref.path)["counts"] for name, ref in stages.items()}
-    reg = counts["register"]
-    headline = {
+    headline: dict[str, Any] = {
         "pretrain_first_loss": counts["pretrain"].get("first_loss"),
         "pretrain_final_loss": counts["pretrain"].get("final_loss"),
-        "dev_accuracy": counts["evaluate"].get("accuracy"),
-        "registered": f"models:/{reg.get('model_name')}/{reg.get('version')}",
-        "aliases": reg.get("aliases"),
     }
-    if "evaluate_random_init" in counts:
-        headline["dev_accuracy_random_init"] = counts["evaluate_random_init"].get("accuracy")
+    for name, c in counts.items():
+        if name.startswith("evaluate"):
+            # evaluate -> dev_accuracy (classification); evaluate_random_init_ner -> ner_f1_random_init
+            task_name, metric = c.get("task", "classification"), c.get("headline", "accuracy")
+            key = "dev_accuracy" if task_name == "classification" else f"{task_name}_{metric}"
+            if "random_init" in name:
+                key += "_random_init"
+            headline[key] = c.get(metric)
+            if task_name == "qa" and "exact_match" in c:
+                headline[key.replace("_f1", "_exact_match")] = c["exact_match"]
+        elif name.startswith("register"):
+            key = "registered" if name == "register" else f"registered{name[len('register'):]}"
+            headline[key] = f"models:/{c.get('model_name')}/{c.get('version')}"
+            headline[key.replace("registered", "aliases")] = c.get("aliases")
     return {"headline": headline, "stages": {k: v.path for k, v in stages.items()}, "counts": counts}
 
 

@@ -279,7 +279,7 @@ class PretrainConfig:
     compile: bool = False  # torch.compile the model
     strategy: str = "ddp"  # ddp | fsdp (shard parameters, gradients and optimizer state; GPU)
     peak_flops: float = 0.0  # per-device bf16 peak FLOP/s for MFU; 0 = the GPU's from plm_core.train.mfu
-    init_from: str = ""  # a pretrain stage directory whose weights start this run (continued pretraining)
+    init_from: str = ""  # pretrain stage directory or MLflow run id whose weights start this run
 
 
 @dataclass
@@ -288,7 +288,8 @@ class FinetuneConfig:
 
     task: str = "classification"
     train_path: str = ""
-    dev_path: str = ""
+    dev_path: str = ""  # model selection (best checkpoint, early stopping)
+    eval_path: str = ""  # the evaluate stage's file; "" = dev_path
     text_field: str = "sentence"
     label_field: str = "label"
     max_len: int = 64

@@ -40,4 +40,23 @@ def tiny_data(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         lines = (shared_data / "glue_sst2" / f"{split}.jsonl").read_text().splitlines()[:n]
         (sst / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
         assert all(json.loads(x)["sentence"] for x in lines)
-    return {"corpus": corpus, "train": sst / "train.jsonl", "dev": sst / "dev.jsonl"}
+    return {
+        "corpus": corpus,
+        "train": sst / "train.jsonl",
+        "dev": sst / "dev.jsonl",
+        **_task_slices(shared_data, root),
+    }
+
+
+def _task_slices(shared_data: Path, root: Path) -> dict[str, Path]:
+    """Slices of CoNLL-2003 (whole sentences) and SQuAD v1.1 (8 articles, 2 paragraphs each)."""
+    out: dict[str, Path] = {}
+    for split, n in (("train", 300), ("valid", 80), ("test", 80)):
+        blocks = (shared_data / "conll2003" / f"{split}.conll").read_text().split("\n\n")
+        out[f"conll_{split}"] = root / f"{split}.conll"
+        out[f"conll_{split}"].write_text("\n\n".join(blocks[:n]) + "\n")
+    squad = json.loads((shared_data / "squad_v1" / "dev_minus_xquad.json").read_text())
+    articles = [{**a, "paragraphs": a["paragraphs"][:2]} for a in squad["data"][:8]]
+    out["squad"] = root / "squad.json"
+    out["squad"].write_text(json.dumps({"version": squad["version"], "data": articles}))
+    return out

@@ -128,3 +128,82 @@ def test_every_family_runs_end_to_end(first_run, tiny_data, family: str, arch: s
     assert pre["counts"]["final_loss"] < pre["counts"]["first_loss"]
     assert 0.0 <= result["headline"]["dev_accuracy"] <= 1.0
     assert "candidate" in result["headline"]["aliases"]
+
+
+def _task_overrides(data: dict[str, Path]) -> list[str]:
+    return [
+        f"ner.train_path={data['conll_train']}",
+        f"ner.dev_path={data['conll_valid']}",
+        f"ner.eval_path={data['conll_test']}",
+        "ner.max_len=32",
+        "ner.epochs=1",
+        f"qa.train_path={data['squad']}",
+        f"qa.dev_path={data['squad']}",
+        "qa.max_len=64",
+        "qa.doc_stride=32",
+        "qa.max_query_len=16",
+        "qa.epochs=1",
+        "qa.eval_fraction=0.25",
+        "registry.ner_model_name=plm-test-ner",
+        "registry.qa_model_name=plm-test-qa",
+    ]
+
+
+def test_ner_and_qa_from_pretrained_and_random_init(first_run, tiny_data) -> None:
+    """`plm run --tasks ner,qa --compare-random-init`: the pretrained checkpoint is reused, each task
+    is fine-tuned twice (pretrained, random init), evaluated on its own eval set and registered."""
+    summary, runs = first_run
+    params = build_params(
+        "tiny",
+        [*tiny_overrides(tiny_data), *_task_overrides(tiny_data)],
+        runs_dir=str(runs),
+        tasks=["ner", "qa"],
+    )
+    result = pipeline(params, compare_random_init=True)
+    for stage in ("ingest", "clean", "tokenizer", "pack", "pretrain"):
+        assert result["stages"][stage] == summary["stages"][stage]
+    for task in ("ner", "qa"):
+        for prefix in ("finetune", "evaluate", "register", "finetune_random_init", "evaluate_random_init"):
+            assert f"{prefix}_{task}" in result["stages"], (prefix, task)
+        pretrained = read_manifest(result["stages"][f"finetune_{task}"])
+        scratch = read_manifest(result["stages"][f"finetune_random_init_{task}"])
+        assert pretrained["inputs"]["pretrain"] == read_manifest(summary["stages"]["pretrain"])["digest"]
+        assert "pretrain" not in scratch["inputs"]
+        report = read_manifest(result["stages"][f"evaluate_{task}"])["counts"]
+        assert report["task"] == task and report["headline"] == "f1"
+    ner_eval = read_manifest(result["stages"]["evaluate_ner"])
+    assert ner_eval["params"]["data_path"] == str(tiny_data["conll_test"].resolve())
+    head = result["headline"]
+    for key in ("ner_f1", "ner_f1_random_init", "qa_f1", "qa_exact_match", "qa_f1_random_init"):
+        assert 0.0 <= head[key] <= 100.0, (key, head)
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    for name in ("plm-test-ner", "plm-test-qa"):
+        assert client.get_model_version_by_alias(name, "candidate").version == "1"
+
+
+def test_plm_eval_scores_a_directory_and_a_registered_model(first_run, tiny_data) -> None:
+    """`plm eval` on the fine-tune stage directory and on `models:/...@candidate` gives the same
+    report as the pipeline's evaluate stage, with the headline metric printed last."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    summary, runs = first_run
+    expected = read_manifest(summary["stages"]["evaluate"])["counts"]["accuracy"]
+    for model in (summary["stages"]["finetune"], "models:/plm-test-classifier@candidate"):
+        args = ["eval", "--model", model, "--data", str(tiny_data["dev"]), "--runs-dir", str(runs), "--force"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        assert result.output.strip().splitlines()[-1] == f"accuracy: {expected:.4f}"
+    args = [
+        "eval",
+        "--model",
+        summary["stages"]["finetune"],
+        "--data",
+        str(tiny_data["dev"]),
+        "--task",
+        "ner",
+    ]
+    wrong = CliRunner().invoke(app, [*args, "--runs-dir", str(runs)])
+    assert wrong.exit_code == 2
+    assert "was fine-tuned for classification" in wrong.output.strip().splitlines()[-1]
