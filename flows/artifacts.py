@@ -65,7 +65,11 @@ def publish_run_artifacts(summary: dict[str, Any]) -> None:
         counts = summary["counts"]
         runs_dir = Path(summary["stages"]["pretrain"]).parents[2]
         uri = tracking_uri(runs_dir)
-        run_ids = {s: counts[s]["mlflow_run_id"] for s in ("pretrain", "finetune") if counts[s].get("mlflow_run_id")}
+        run_ids = {
+            s: c["mlflow_run_id"]
+            for s, c in counts.items()
+            if (s == "pretrain" or s.startswith("finetune")) and c.get("mlflow_run_id")
+        }
         curve = Path(summary["stages"]["pretrain"]) / "loss_curve.png"
         if uri.startswith(("http://", "https://")):
             first = next(iter(run_ids.values()), None)
