@@ -161,7 +161,9 @@ def pretrain(
     }
     metrics = {**summary, "train": state.train_history, "validation": state.val_history}
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_loss_curve(state.train_history, state.val_history, out_dir / "loss_curve.png")
+    plot_loss_curve(
+        state.train_history, state.val_history, out_dir / "loss_curve.png", f"{cfg.objective} pretraining"
+    )
     if mlflow_tracking_uri and mlflow_run_id:
         client = MlflowClient(mlflow_tracking_uri)
         client.log_artifact(mlflow_run_id, str(out_dir / "loss_curve.png"))

@@ -32,7 +32,7 @@ def plot_loss_curve(
             label="validation",
         )
     ax.set_xlabel("step")
-    ax.set_ylabel("masked-token cross-entropy")
+    ax.set_ylabel("cross-entropy per target token")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

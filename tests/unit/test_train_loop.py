@@ -316,3 +316,13 @@ def test_fsdp_trains_like_the_plain_model_and_resumes_exactly(pack: Path, gloo_w
         after_two.train_step()
     for name, t in after_two.raw_model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], t, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow  # inductor compiles C++ on CPU: 1-3 min on a busy 2-core machine
+def test_compiled_model_trains_like_eager_on_cpu(pack: Path):
+    eager = Pretrainer(_no_dropout(pack))
+    compiled = Pretrainer(_no_dropout(pack, compile=True))
+    assert compiled.model is not compiled.raw_model
+    a = [eager.train_step()["loss"] for _ in range(3)]
+    b = [compiled.train_step()["loss"] for _ in range(3)]
+    assert b == pytest.approx(a, rel=1e-4)  # fp32: fused kernels only reassociate sums
