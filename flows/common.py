@@ -33,7 +33,7 @@ def is_transient_io_error(err: BaseException) -> bool:
     OSError covers sockets and ``requests``/``httpx`` transport errors; MLflow wraps its HTTP
     failures in MlflowException, recognised by its retry-exhausted or unavailable wording.
     """
-    if isinstance(err, PlmError | _PERMANENT_OS_ERRORS):
+    if isinstance(err, (PlmError, *_PERMANENT_OS_ERRORS)):
         return False
     if isinstance(err, OSError | TimeoutError):
         return True

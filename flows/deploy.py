@@ -8,7 +8,8 @@ opens pre-filled with a runnable configuration). A worker then runs them:
 
 Deployments use a module-path entrypoint (``flows.pipeline.pipeline``): the worker imports the
 installed package, so the same deployment runs from a checkout (process pool) or from the project
-image (Kubernetes pool, ``infra/k8s-work-pool.json``) without a code-storage step.
+image (Kubernetes pool, ``--pool-type kubernetes --base-job-template infra/k8s/prefect-work-pool.json``)
+without a code-storage step.
 
 ``--write-prefect-yaml infra/prefect.yaml`` writes the same deployments in ``prefect deploy`` form.
 """
@@ -112,6 +113,8 @@ def deploy(
     specs: list[DeploySpec] | None = None,
     *,
     create_pool: bool = True,
+    pool_type: str = "process",
+    base_job_template: dict | None = None,
     gpu_slots: int | None = 1,
 ) -> dict[str, str]:
     """Create or update the deployments; returns ``{"<flow>/<deployment>": id}``."""
@@ -120,7 +123,7 @@ def deploy(
 
     specs = specs or default_specs()
     if create_pool:
-        ensure_work_pool(pool)
+        ensure_work_pool(pool, pool_type, base_job_template)
     if gpu_slots:
         ensure_gpu_limit(gpu_slots)
     runner_deployments = []
@@ -191,6 +194,10 @@ def main(
     nightly_cron: Annotated[str, typer.Option(help="Cron (UTC) of the pipeline.")] = NIGHTLY_CRON,
     weekly_cron: Annotated[str, typer.Option(help="Cron (UTC) of the tokenizer refresh.")] = WEEKLY_CRON,
     gpu_slots: Annotated[int, typer.Option(help="Concurrent GPU-tagged tasks (0: no limit).")] = 1,
+    pool_type: Annotated[str, typer.Option(help="Type of a pool that does not exist yet.")] = "process",
+    base_job_template: Annotated[
+        Path | None, typer.Option(help="Job template of a new pool, e.g. infra/k8s/prefect-work-pool.json.")
+    ] = None,
     write_prefect_yaml: Annotated[
         Path | None, typer.Option(help="Write prefect.yaml here instead of calling the API.")
     ] = None,
@@ -206,7 +213,9 @@ def main(
         write_prefect_yaml.write_text(header + text)
         typer.echo(f"wrote {write_prefect_yaml}")
         return
-    typer.echo(json.dumps(deploy(params, pool, specs, gpu_slots=gpu_slots or None), indent=2))
+    template = json.loads(base_job_template.read_text()) if base_job_template else None
+    ids = deploy(params, pool, specs, pool_type=pool_type, base_job_template=template, gpu_slots=gpu_slots or None)
+    typer.echo(json.dumps(ids, indent=2))
 
 
 if __name__ == "__main__":
