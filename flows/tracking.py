@@ -177,6 +177,21 @@ def task_data(paths: dict[str, str]) -> list[DatasetRecord]:
     ]
 
 
+TASK_SUFFIXES = ("ner", "qa")
+
+
+def _task_records(records: list[DatasetRecord], stage_name: str) -> list[DatasetRecord]:
+    """The task files of the task a stage name ends with (``_ner``, ``_qa``; none = classification,
+    whose files carry no task prefix: ``task/train``, ``task/ner_train``)."""
+    suffix = next((t for t in TASK_SUFFIXES if stage_name.endswith("_" + t)), None)
+
+    def prefix(r: DatasetRecord) -> str | None:
+        split = r.name.removeprefix("task/")
+        return next((t for t in TASK_SUFFIXES if split.startswith(t + "_")), None)
+
+    return [r for r in records if prefix(r) == suffix]
+
+
 def _run_id_of(ref: StageRef) -> str | None:
     return read_manifest(ref.path).get("counts", {}).get("mlflow_run_id") or None
 
@@ -199,13 +214,13 @@ def record_stages(
         "tokenizer": shards,
         "pack": shards + tok,
         "pretrain": shards + tok + pack,
-        "finetune": tok + task,
-        "evaluate": task,
     }
+    weights = (
+        [_stage_dataset(stages["pretrain"], "pretrained_weights", "pretrain")] if "pretrain" in stages else []
+    )
     run_ids: dict[str, str] = {}
     parent_tags: list[RunTag] = []
     for name, ref in stages.items():
-        stage = ref.stage
         run_id = _run_id_of(ref)
         if run_id is None:
             run_id = _record_run(parent, name, ref)
@@ -214,10 +229,16 @@ def record_stages(
             if nested != parent.run_id:
                 parent_tags.append(RunTag(f"plm.reused.{name}", run_id))
         run_ids[name] = run_id
-        records = inputs.get(stage, [])
-        if stage == "finetune" and "pretrain" in stages:
-            records = records + [_stage_dataset(stages["pretrain"], "pretrained_weights", "pretrain")]
-        if records and name == stage:  # the main chain (not e.g. finetune_random_init twice)
+        base = next((b for b in ("finetune", "evaluate") if name.startswith(b)), None)
+        if base is not None:
+            # finetune / finetune_ner / finetune_random_init_qa ...: that task's files only.
+            files = _task_records(task, name)
+            records = files + (
+                tok + (weights if "random_init" not in name else []) if base == "finetune" else []
+            )
+        else:
+            records = inputs.get(name, [])
+        if records:
             log_datasets(client, run_id, records)
     parent_tags += [RunTag(f"plm.run.{k}", v) for k, v in run_ids.items()]
     parent_tags += [RunTag(f"plm.digest.{k}", v.digest) for k, v in stages.items()]

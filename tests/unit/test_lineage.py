@@ -80,3 +80,15 @@ def test_lm_version_is_its_own_pretrain_run_and_incomplete_versions_are_refused(
     )
     with pytest.raises(LineageError, match="lm v2 is an incomplete registration"):
         lineage(client, "lm", "2")
+
+
+def test_each_task_stage_gets_its_own_task_files() -> None:
+    from flows.tracking import _task_records
+
+    records = [
+        DatasetRecord(f"task/{k}", _sha(k), k, f"task_{k}") for k in ("train", "dev", "ner_train", "qa_dev")
+    ]
+    names = lambda stage: [r.name for r in _task_records(records, stage)]  # noqa: E731
+    assert names("finetune") == names("evaluate_random_init") == ["task/train", "task/dev"]
+    assert names("finetune_ner") == ["task/ner_train"]
+    assert names("evaluate_random_init_qa") == ["task/qa_dev"]
