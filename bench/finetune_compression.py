@@ -114,13 +114,14 @@ def _preset_model_dir(preset: str, tokenizer: Path, root: Path, labels: list[str
 
 
 def _quant(args: argparse.Namespace) -> dict:
-    full_dir = args.out / "full"
+    full_dir = args.quant_model or args.out / "full"
     dev = load_classification(args.dev)
     fp32, int8 = ClassifierPredictor(full_dir), ClassifierPredictor(full_dir, quantize=True)
     p32 = fp32.predict_proba(dev.texts).argmax(-1)
     p8 = int8.predict_proba(dev.texts).argmax(-1)
     labels = torch.tensor(dev.label_ids).numpy()
     report: dict = {
+        "model": str(full_dir),
         "accuracy_fp32": float((p32 == labels).mean()),
         "accuracy_int8": float((p8 == labels).mean()),
         "agreement": float((p32 == p8).mean()),
@@ -147,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--full-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--full-name", default="full", help="output name of the full run (the teacher is 'full')"
+    )
     parser.add_argument("--lora-lr", type=float, default=3e-3)
     parser.add_argument("--lora-r", type=int, default=4)
     parser.add_argument(
@@ -160,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--adapter-lr", type=float, default=1e-2)
     parser.add_argument("--distill-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--teacher", type=Path, default=None, help="teacher classifier dir (default: OUT/full)"
+    )
+    parser.add_argument(
+        "--quant-model", type=Path, default=None, help="classifier to quantize (default: OUT/full)"
+    )
     parser.add_argument("--student-layers", type=int, default=1)
     parser.add_argument("--student-hidden", type=int, default=0)
     parser.add_argument("--distill-alpha", type=float, default=0.5)
@@ -184,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         summary_path.write_text(json.dumps(summary, indent=2))
 
     if "full" in parts:
-        keep("full", _finetune("full", args, args.pretrained, lr=args.full_lr))
+        keep(args.full_name, _finetune(args.full_name, args, args.pretrained, lr=args.full_lr))
     if "lora" in parts:
         keep(
             args.lora_name,
@@ -202,14 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         keep("adapter", _finetune("adapter", args, args.pretrained, method="adapter", lr=args.adapter_lr))
     if "distill" in parts:
         overrides = dict(
-            distill_teacher=str(args.out / "full"),
+            distill_teacher=str(args.teacher or args.out / "full"),
             student_layers=args.student_layers,
             student_hidden=args.student_hidden,
             distill_alpha=args.distill_alpha,
             distill_temperature=args.distill_temperature,
             lr=args.distill_lr,
         )
-        name = f"distill_L{args.student_layers}_H{args.student_hidden}"
+        name = f"distill_L{args.student_layers}_H{args.student_hidden}_a{args.distill_alpha:g}"
         keep(name, _finetune(name, args, None, **overrides))
     if "quant" in parts:
         print("[quant] fp32 vs int8 on SST-2 dev", flush=True)
@@ -219,10 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     print("\n== summary ==")
     for name, s in summary.items():
         if "trainable_fraction" in s and not name.startswith("distill_"):
-            gap = 100 * (full.get("dev_accuracy", float("nan")) - s["dev_accuracy"])
+            gap = 100 * (s["dev_accuracy"] - full.get("dev_accuracy", float("nan")))
             print(
                 f"{name:8s} dev acc {100 * s['dev_accuracy']:.2f}%  trainable {s['trainable_parameters']:,} / "
-                f"{s['total_parameters']:,} ({100 * s['trainable_fraction']:.2f}%)  gap to full {gap:+.2f} pts  "
+                f"{s['total_parameters']:,} ({100 * s['trainable_fraction']:.2f}%)  vs full {gap:+.2f} pts  "
                 f"{s['seconds']:.0f}s"
             )
     for name, s in summary.items():

@@ -183,11 +183,11 @@ class _Teacher:
             raise ConfigError(
                 f"distill_teacher {model_dir} has labels {extra['labels']}, the data has {labels}"
             )
-        for name in TOKENIZER_FILES[:1]:
-            if (model_dir / "tokenizer" / name).read_bytes() != (tokenizer_dir / name).read_bytes():
-                raise ConfigError(
-                    f"distill_teacher {model_dir} was trained with another tokenizer than {tokenizer_dir}"
-                )
+        # The vocabulary is what must match: the same ids have to mean the same pieces.
+        if (model_dir / "tokenizer" / "spm.model").read_bytes() != (tokenizer_dir / "spm.model").read_bytes():
+            raise ConfigError(
+                f"distill_teacher {model_dir} was trained with another tokenizer than {tokenizer_dir}"
+            )
         model = classification_model(body_cfg, len(labels))
         load_weights(model, model_dir)
         return cls(model.eval(), body_cfg, labels)
