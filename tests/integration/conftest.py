@@ -8,3 +8,4 @@ from tests.integration.mlflow_stack import (  # noqa: F401  (session fixtures sh
     served_classifier,
     tiny_data,
 )
+from tests.integration.prefect_stack import prefect_stack  # noqa: F401,E402  (production-helper's stack)
