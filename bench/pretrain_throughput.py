@@ -214,26 +214,32 @@ def bench_ray(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             "pack_dir": str(pack), "tokenizer": json.loads((tokenizer / "tokenizer.json").read_text()),
             "tokenizer_dir": str(tokenizer), "model": asdict(cfg), "pretrain": asdict(pcfg),
         }  # fmt: skip
-        bare = Pretrainer(config, device=device)
-        bare.train_step()  # the Ray run's first step is not timed apart either; both include it
-        started = time.perf_counter()
-        for _ in range(steps - 1):
-            bare.train_step()
-        bare_wall = time.perf_counter() - started
-        bare_tps = bare.state.tokens_seen / bare.state.seconds
-        del bare
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+
+        def bare_loop() -> tuple[float, float]:
+            """(tokens/s over the loop's own step timer, as the Ray worker measures it; wall s)."""
+            bare = Pretrainer(config, device=device)
+            started = time.perf_counter()
+            for _ in range(steps):
+                bare.train_step()
+            wall, tps = time.perf_counter() - started, bare.state.tokens_seen / bare.state.seconds
+            del bare
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return tps, wall
+
+        before = bare_loop()
         started_ray = not ray.is_initialized()
         summary = pretrain(
             pack, tokenizer, cfg, pcfg, Path(tmp) / "out", storage_path=Path(tmp) / "ray", run_name="bench"
         )
         if started_ray:
             ray.shutdown()
+        after = bare_loop()  # before and after the Ray run: load drifting over the run hits both
+    bare_tps, bare_wall = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
     return {
         "model": name, "steps": steps, "bare_tokens_per_s": bare_tps, "ray_tokens_per_s": summary["tokens_per_second"],
         "ray_over_bare": summary["tokens_per_second"] / bare_tps, "bare_loop_wall_s": bare_wall,
-        "ray_fit_wall_s": summary["seconds"],
+        "ray_fit_wall_s": summary["seconds"], "bare_tokens_per_s_before_after": [before[0], after[0]],
     }  # fmt: skip
 
 
@@ -287,7 +293,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.ray:
         ray_r = result["ray"]
         print(
-            f"ray {ray_r['model']}: bare loop {ray_r['bare_tokens_per_s']:.0f} tokens/s, Ray 1 worker "
+            f"ray {ray_r['model']}: bare loop {ray_r['bare_tokens_per_s']:.0f} tokens/s (before/after: "
+            f"{ray_r['bare_tokens_per_s_before_after'][0]:.0f}/{ray_r['bare_tokens_per_s_before_after'][1]:.0f}), Ray 1 worker "
             f"{ray_r['ray_tokens_per_s']:.0f} tokens/s; fit() wall {ray_r['ray_fit_wall_s']:.1f} s for "
             f"{ray_r['steps']} steps (bare loop {ray_r['bare_loop_wall_s']:.1f} s)"
         )
