@@ -326,3 +326,21 @@ def test_compiled_model_trains_like_eager_on_cpu(pack: Path):
     a = [eager.train_step()["loss"] for _ in range(3)]
     b = [compiled.train_step()["loss"] for _ in range(3)]
     assert b == pytest.approx(a, rel=1e-4)  # fp32: fused kernels only reassociate sums
+
+
+def test_init_from_starts_with_the_pretrained_weights(pack: Path, tmp_path: Path):
+    """Continued pretraining (`plm pretrain --pretrained DIR`): the new run starts from DIR's weights
+    with a fresh optimizer and step counter."""
+    first = Pretrainer(_config(pack))
+    for _ in range(2):
+        first.train_step()
+    first.save(tmp_path)
+    again = Pretrainer(_config(pack, init_from=str(tmp_path), seed=1))
+    assert again.state.step == 0 and not again.optimizer.state
+    for name, t in first.raw_model.state_dict().items():
+        assert torch.equal(again.raw_model.state_dict()[name], t), name
+    fresh = Pretrainer(_config(pack, seed=1))
+    assert not torch.equal(
+        fresh.raw_model.state_dict()["encoder.embeddings.word.weight"],
+        again.raw_model.state_dict()["encoder.embeddings.word.weight"],
+    )
