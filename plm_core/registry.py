@@ -30,6 +30,8 @@ import logging
 import shutil
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -343,6 +345,18 @@ def _export_hf(model_dir: Path, into: Path) -> tuple[Path | None, str]:
     return into, f"{summary['architectures']}: {summary['note']}"
 
 
+def _probe(uri: str, timeout: float = 5.0) -> None:
+    """Raise ``OSError`` when an HTTP tracking server does not answer at all (any HTTP status is
+    an answer: a proxy without ``/health`` still reaches the server); nothing for local stores."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return
+
+
 def _find_version(client: MlflowClient, model_name: str, run_id: str, model_id: str | None) -> Any | None:
     """A version of ``model_name`` already made from this logged model (a create call whose
     answer was lost in transit), so a retry does not register it twice."""
@@ -392,8 +406,11 @@ def log_and_register(
     def retried(what: str, fn: Callable[[], T]) -> T:
         return with_retry(fn, what=what, uri=tracking_uri, policy=retry)
 
-    # Fail before writing anything when the server is not there.
-    retried("reaching the tracking server", lambda: client.get_experiment(experiment_id))
+    # Fail before writing anything when the server is not there: one plain HTTP probe per attempt,
+    # so a dead server is reported after our bounded backoff, not after MLflow's own HTTP retries
+    # (MLFLOW_HTTP_REQUEST_MAX_RETRIES, minutes per call) multiplied by ours.
+    retried("reaching the tracking server", lambda: _probe(tracking_uri))
+    retried("reading the experiment", lambda: client.get_experiment(experiment_id))
     mlflow.set_tracking_uri(tracking_uri)
     version_tags = {
         **(tags or {}),

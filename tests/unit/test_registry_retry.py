@@ -98,10 +98,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_unreachable_server_fails_fast_with_a_clear_error(model_dir: Path, monkeypatch) -> None:
-    # MLflow's own HTTP retries would multiply ours: off, so the test measures our policy.
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+def test_unreachable_server_fails_fast_with_a_clear_error(model_dir: Path) -> None:
+    # MLflow's own HTTP retries (7 by default) are left on: the probe keeps the failure bounded by ours.
     uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     started = time.monotonic()
     with pytest.raises(RegistryError) as err:
@@ -114,7 +112,7 @@ def test_unreachable_server_fails_fast_with_a_clear_error(model_dir: Path, monke
             retry=FAST,
         )
     assert f"MLflow at {uri} failed on reaching the tracking server after 3 attempts" in str(err.value)
-    assert time.monotonic() - started < 30
+    assert 0.15 <= time.monotonic() - started < 30  # backed off 0.05 + 0.1 s, then gave up
 
 
 @pytest.fixture
