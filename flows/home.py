@@ -16,7 +16,12 @@ def configure_prefect_home(runs_dir: str | Path) -> None:
     survive between ``plm run`` invocations on one machine. Only applies when no API URL is set
     and the user has not chosen a PREFECT_HOME; must run before anything imports prefect."""
     # A process that already imported prefect (a test harness, a notebook) has fixed its settings.
-    if os.environ.get("PREFECT_API_URL") or os.environ.get("PREFECT_HOME") or "prefect" in sys.modules:
+    if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules:
+        return
+    # The first run migrates a fresh sqlite database before the API answers; Prefect's 20 s default
+    # is not enough on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    if os.environ.get("PREFECT_HOME"):
         return
     home = Path(runs_dir).resolve() / ".prefect"
     home.mkdir(parents=True, exist_ok=True)
