@@ -40,8 +40,8 @@ def flow_run(stack, run_id: str) -> dict:
         return c.get(f"/flow_runs/{run_id}").json()
 
 
-def wait_for_state(stack, run_id: str, timeout: float = RUN_TIMEOUT) -> dict:
-    """Poll until the run is final; fail with the worker's log if it is not Completed."""
+def wait_for_state(stack, run_id: str, timeout: float = RUN_TIMEOUT, expect: str = "COMPLETED") -> dict:
+    """Poll until the run is final; fail with the worker's log if it did not end in ``expect``."""
 
     def final():
         run = flow_run(stack, run_id)
@@ -49,7 +49,7 @@ def wait_for_state(stack, run_id: str, timeout: float = RUN_TIMEOUT) -> dict:
 
     run = servers.wait_until(final, f"flow run {run_id}", timeout, every=3)
     worker = stack.services.get("worker")
-    assert run["state"]["type"] == "COMPLETED", (run["state"], worker.log_tail(6000) if worker else "")
+    assert run["state"]["type"] == expect, (run["state"], worker.log_tail(6000) if worker else "")
     return run
 
 
@@ -120,6 +120,17 @@ def test_run_triggered_through_the_api_registers_a_model_in_mlflow(prefect_stack
     assert image["type"] == "image" and pre.info.run_id in image["data"]
     png = httpx.get(image["data"], timeout=30)
     assert png.status_code == 200 and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_input_fails_the_run_with_the_file_in_its_state_message(prefect_stack, tmp_path) -> None:
+    """A corpus path that does not exist: the run ends Failed (not Crashed, not retried), and the
+    state message the UI shows names the path and the problem."""
+    params = with_changes(
+        prefect_stack.deployment_parameters(), ingest__paths=[str(tmp_path / "no-such-corpus")], runs_dir=str(tmp_path)
+    )
+    run = wait_for_state(prefect_stack, trigger(prefect_stack, params), expect="FAILED")
+    assert "no-such-corpus" in run["state"]["message"], run["state"]
+    assert not (tmp_path / "stages" / "ingest").exists() or not any((tmp_path / "stages" / "ingest").iterdir())
 
 
 def test_short_interval_schedule_produces_runs(prefect_stack) -> None:
