@@ -3,8 +3,12 @@
 CPU time is the budget here, so batches are length-bucketed: the shuffled training set is cut
 into chunks of ~50 batches, each chunk sorted by length and sliced into batches, and the batch
 order shuffled again. Padding then costs almost nothing while every epoch still sees a different,
-seeded order. Dev accuracy is measured four times per epoch and the best weights are what gets
-saved, because small models on SST-2 often peak before the last step.
+seeded order. Dev accuracy is measured ``evals_per_epoch`` times per epoch (four by default) and
+the best weights are what gets saved, because small models on SST-2 often peak before the last
+step; the step loop itself is ``finetune.trainer.fit`` (early stopping with ``patience``).
+
+``method`` lora/adapter trains through ``finetune.peft`` and saves merged weights; with
+``distill_teacher`` the model is a student of another classifier (``finetune.distill``).
 """
 
 from __future__ import annotations
