@@ -13,12 +13,18 @@ processes hits all of them alike. Then one Ray Train run with one worker against
 ``Pretrainer`` loop on the same synthetic packed tokens: the step throughput both measure inside
 the loop (Ray's per-step cost), and the Ray run's wall-clock time (start-up of the worker group).
 Ratios printed: ours/HF eager, ours/HF compile, Ray 1 worker / bare loop.
+
+On CPU start the bench with ``OMP_NUM_THREADS`` equal to ``--threads``: Ray starts its workers
+with ``OMP_NUM_THREADS`` set to their CPU count, and on a loaded machine an OpenMP pool sized at
+start-up and then narrowed by ``torch.set_num_threads`` made the bare loop 2-2.5x slower here,
+which would read as Ray being faster than no Ray. The bench warns when the two differ.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -268,6 +274,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+        if os.environ.get("OMP_NUM_THREADS") != str(args.threads):
+            print(
+                f"warning: OMP_NUM_THREADS is not {args.threads}; the CPU ray/bare ratio is skewed (see --help)"
+            )
 
     device = torch.device(
         "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
