@@ -18,6 +18,7 @@ fine-tuned directory stores; ``save_adapter`` also writes the small adapter on i
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,9 +122,9 @@ def apply_peft(model: nn.Module, cfg: FinetuneConfig) -> nn.Module:
 
 
 def is_peft_model(model: nn.Module) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
+    # Importing peft pulls in transformers (seconds); a model can only be a PeftModel once it is.
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def merge(model: nn.Module) -> nn.Module:
