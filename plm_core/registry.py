@@ -1,7 +1,7 @@
 """MLflow registration of every task's model, with a candidate/champion gate and no half-registrations.
 
 ``log_and_register(model_dir, ...)`` reads the directory's ``config.json`` "task" and logs the
-task's pyfunc ("models from code": ``serving/<task>_pyfunc.py``, ``plm_core`` as a code path, the
+task's pyfunc ("models from code": ``serving/task_pyfunc.py``, ``plm_core`` as a code path, the
 directory as the ``model_dir`` artifact) with its signature and input example, the pinned
 requirements, and an HF-transformers export as the ``hf`` artifact; then registers a version.
 
@@ -142,16 +142,20 @@ def with_retry(fn: Callable[[], T], *, what: str, uri: str, policy: RetryPolicy)
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What registering one task needs: its pyfunc file, an input example, the frame builder
-    (imported lazily: a task's predictor module may not exist where another task is logged),
-    the default gate metric and its direction."""
+    """What registering one task needs besides the shared pyfunc (``serving/task_pyfunc.py``): an
+    input example, the default gate metric and its direction, and the inference parameters
+    (with the values the signature's example output is computed with)."""
 
-    pyfunc: str
     example: Callable[[Path], pd.DataFrame]
-    predict: Callable[[Path, pd.DataFrame], pd.DataFrame]
     gate_metric: str
     higher_is_better: bool = True
     params: dict[str, Any] = field(default_factory=dict)
+    example_params: dict[str, Any] = field(default_factory=dict)
+
+    def predict(self, task: str, model_dir: Path, example: pd.DataFrame) -> pd.DataFrame:
+        from plm_core.serving.frames import load_predictor, predict_frame
+
+        return predict_frame(task, load_predictor(task, model_dir), example, self.example_params or None)
 
 
 def _classification_example(model_dir: Path) -> pd.DataFrame:
@@ -163,68 +167,33 @@ def _classification_example(model_dir: Path) -> pd.DataFrame:
     return example
 
 
-def _classification_output(model_dir: Path, example: pd.DataFrame) -> pd.DataFrame:
-    from plm_core.serving.classifier import ClassifierPredictor
-    from plm_core.serving.frames import classification_frame
-
-    return classification_frame(ClassifierPredictor(model_dir), example)
-
-
-def _ner_output(model_dir: Path, example: pd.DataFrame) -> pd.DataFrame:
-    from plm_core.serving.frames import ner_frame
-    from plm_core.serving.ner import NerPredictor
-
-    return ner_frame(NerPredictor(model_dir), example)
-
-
-def _qa_output(model_dir: Path, example: pd.DataFrame) -> pd.DataFrame:
-    from plm_core.serving.frames import qa_frame
-    from plm_core.serving.qa import QaPredictor
-
-    return qa_frame(QaPredictor(model_dir), example)
-
-
-def _lm_output(model_dir: Path, example: pd.DataFrame) -> pd.DataFrame:
-    from plm_core.serving.frames import lm_frame
-    from plm_core.serving.lm import LmPredictor
-
-    return lm_frame(LmPredictor(model_dir), example, {"max_new_tokens": 8})
-
-
 def _lm_params() -> dict[str, Any]:
     from plm_core.serving.frames import LM_PARAMS
 
     return dict(LM_PARAMS)
 
 
+PYFUNC_FILE = "task_pyfunc.py"
 TASKS: dict[str, TaskSpec] = {
-    "classification": TaskSpec(
-        "classifier_pyfunc.py", _classification_example, _classification_output, "accuracy"
-    ),
+    "classification": TaskSpec(_classification_example, "accuracy"),
     "ner": TaskSpec(
-        "ner_pyfunc.py",
-        lambda _: pd.DataFrame({"text": ["Alice Smith flew from Paris to Berlin .", "no names here"]}),
-        _ner_output,
-        "f1",
+        lambda _: pd.DataFrame({"text": ["Alice Smith flew from Paris to Berlin .", "no names here"]}), "f1"
     ),
     "qa": TaskSpec(
-        "qa_pyfunc.py",
         lambda _: pd.DataFrame(
             {
                 "question": ["Where did Alice fly to?"],
                 "context": ["Alice Smith flew from Paris to Berlin on Monday."],
             }
         ),
-        _qa_output,
         "f1",
     ),
     "lm": TaskSpec(
-        "lm_pyfunc.py",
         lambda _: pd.DataFrame({"prompt": ["To be, or not to be", "The king said"]}),
-        _lm_output,
         "val_loss",
         higher_is_better=False,
         params=_lm_params(),
+        example_params={"max_new_tokens": 8},
     ),
 }
 
@@ -424,7 +393,7 @@ def log_and_register(
         tempfile.TemporaryDirectory(prefix="plm-hf-") as hf_tmp,
     ):
         example = spec.example(served)
-        signature = infer_signature(example, spec.predict(served, example), params=spec.params or None)
+        signature = infer_signature(example, spec.predict(task, served, example), params=spec.params or None)
         hf_dir, hf_note = _export_hf(served, Path(hf_tmp) / "hf")
         with _run(run_id, experiment_id) as run:
             run_id = run.info.run_id
@@ -432,7 +401,8 @@ def log_and_register(
                 "logging the model",
                 lambda: mlflow.pyfunc.log_model(
                     name="model",
-                    python_model=str(SERVING_DIR / spec.pyfunc),
+                    python_model=str(SERVING_DIR / PYFUNC_FILE),
+                    model_config={"task": task},
                     artifacts={"model_dir": str(served)},
                     code_paths=[str(PACKAGE_DIR)],
                     signature=signature,

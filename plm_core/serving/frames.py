@@ -1,6 +1,6 @@
 """What each task's served model takes and returns, as pandas frames (the MLflow pyfunc contract).
 
-One module for all tasks so the pyfunc definitions (``*_pyfunc.py``) and the registry (which needs
+One module for all tasks so the pyfunc definition (``task_pyfunc.py``) and the registry (which needs
 an example output to infer the signature) build exactly the same frames. Predictors are passed in,
 never imported here, so this module loads even where a task's predictor module does not exist.
 
@@ -106,3 +106,39 @@ def lm_frame(predictor: Any, model_input: Any, params: dict[str, Any] | None = N
     options = {**LM_PARAMS, **(params or {})}
     texts = predictor.generate(_column(model_input, PROMPT), **options)
     return pd.DataFrame({"generated_text": texts})
+
+
+def load_predictor(task: str, model_dir: Any) -> Any:
+    """The predictor of a served task; imported here, on use, so a task's module loads only when served."""
+    if task == "classification":
+        from plm_core.serving.classifier import ClassifierPredictor
+
+        return ClassifierPredictor(model_dir)
+    if task == "ner":
+        from plm_core.serving.ner import NerPredictor
+
+        return NerPredictor(model_dir)
+    if task == "qa":
+        from plm_core.serving.qa import QaPredictor
+
+        return QaPredictor(model_dir)
+    if task == "lm":
+        from plm_core.serving.lm import LmPredictor
+
+        return LmPredictor(model_dir)
+    raise ValueError(f"no served predictor for task {task!r}")
+
+
+def predict_frame(
+    task: str, predictor: Any, model_input: Any, params: dict[str, Any] | None = None
+) -> pd.DataFrame:
+    """The output frame of ``task`` for ``model_input`` (see the table above)."""
+    if task == "classification":
+        return classification_frame(predictor, model_input)
+    if task == "ner":
+        return ner_frame(predictor, model_input)
+    if task == "qa":
+        return qa_frame(predictor, model_input)
+    if task == "lm":
+        return lm_frame(predictor, model_input, params)
+    raise ValueError(f"no output frame for task {task!r}")
