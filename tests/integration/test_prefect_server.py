@@ -61,6 +61,17 @@ def subflow_task_runs(stack, run_id: str) -> dict[str, str]:
     return {t["name"].rsplit("-", 1)[0]: t["state"]["name"] for t in tasks}
 
 
+def gpu_tagged_tasks(stack, run_id: str) -> set[str]:
+    """Stage tasks of ``run_id`` that carry the "gpu" tag (the tag concurrency limit applies to them)."""
+    with stack.client() as c:
+        subs = c.post("/flow_runs/filter", json={"flow_runs": {"parent_flow_run_id": {"any_": [run_id]}}}).json()
+        tasks = c.post(
+            "/task_runs/filter",
+            json={"flow_runs": {"id": {"any_": [s["id"] for s in subs]}}, "task_runs": {"tags": {"all_": ["gpu"]}}},
+        ).json()
+    return {t["name"].rsplit("-", 1)[0] for t in tasks}
+
+
 def run_logs(stack, run_ids: list[str]) -> str:
     with stack.client() as c:
         subs = c.post("/flow_runs/filter", json={"flow_runs": {"parent_flow_run_id": {"any_": run_ids}}}).json()
@@ -113,6 +124,7 @@ def test_run_triggered_through_the_api_registers_a_model_in_mlflow(prefect_stack
     assert pre.data.metrics["loss"] > 0
     # Every stage ran (nothing was cached yet) and the run published its artifacts.
     assert set(subflow_task_runs(prefect_stack, run_id).values()) == {"Completed"}
+    assert gpu_tagged_tasks(prefect_stack, run_id) == {"pretrain", "finetune"}
     with prefect_stack.client() as c:
         arts = c.post("/artifacts/filter", json={"artifacts": {"flow_run_id": {"any_": [run_id]}}}).json()
     assert {"plm-pipeline-summary", "plm-counts", "plm-mlflow", "plm-loss-curve"} <= {a["key"] for a in arts}
