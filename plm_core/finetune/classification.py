@@ -19,7 +19,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from plm_core.config import FinetuneConfig, ModelConfig
 from plm_core.errors import ConfigError, InputError
 from plm_core.finetune.distill import TEACHER_LOGITS, build_student, distillation_loss_fn
 from plm_core.finetune.metrics import accuracy, macro_f1
+from plm_core.finetune.model_init import build_task_model
 from plm_core.finetune.peft import METHODS, apply_peft, count_parameters, is_peft_model, merge, save_adapter
 from plm_core.finetune.task_data import (
     ClassificationData,
@@ -40,7 +41,7 @@ from plm_core.finetune.task_data import (
 )
 from plm_core.finetune.trainer import TrainerConfig, TrainResult, default_loss, fit
 from plm_core.models.factory import classification_model
-from plm_core.models.io import load_config, load_encoder_into, load_weights, save_model
+from plm_core.models.io import load_config, load_weights, save_model
 from plm_core.serving.classifier import predict_logits
 from plm_core.tokenizer import Tokenizer
 
@@ -79,24 +80,10 @@ def subsample(data: ClassificationData, max_examples: int, seed: int) -> Classif
 def build_classifier(
     model_cfg: ModelConfig, num_labels: int, vocab_size: int, pretrained_dir: Path | None
 ) -> tuple[torch.nn.Module, ModelConfig]:
-    """The model and the body config it was built with.
-
-    With a pretrained directory its config.json wins over ``model_cfg``: the checkpoint's tensors
-    only fit the sizes they were trained with.
-    """
-    if pretrained_dir is not None:
-        body_cfg, _ = load_config(pretrained_dir)
-    else:
-        body_cfg = model_cfg if model_cfg.vocab_size else replace(model_cfg, vocab_size=vocab_size)
-    if body_cfg.vocab_size < vocab_size:
-        source = pretrained_dir / "config.json" if pretrained_dir is not None else "model config"
-        raise ConfigError(
-            f"{source}: vocab_size {body_cfg.vocab_size} is smaller than the tokenizer's {vocab_size}"
-        )
-    model = classification_model(body_cfg, num_labels)
-    if pretrained_dir is not None:
-        load_encoder_into(model, pretrained_dir)
-    return model, body_cfg
+    """The classifier and the body config it was built with (``model_init.build_task_model``)."""
+    return build_task_model(
+        lambda c: classification_model(c, num_labels), model_cfg, vocab_size, pretrained_dir
+    )
 
 
 @dataclass

@@ -23,7 +23,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +35,12 @@ from plm_core.config import FinetuneConfig, ModelConfig
 from plm_core.errors import ConfigError, InputError
 from plm_core.finetune.classification import TOKENIZER_FILES, bucketed_batches, trainer_config
 from plm_core.finetune.conll import ConllData, Sentence, read_conll
+from plm_core.finetune.model_init import build_task_model
 from plm_core.finetune.ner_metrics import entity_scores
 from plm_core.finetune.task_data import length_sorted_batches
 from plm_core.finetune.trainer import fit
 from plm_core.models.encoder import IGNORE_INDEX
-from plm_core.models.io import load_config, load_encoder_into, load_weights, save_model
+from plm_core.models.io import load_config, load_weights, save_model
 from plm_core.models.tasks import ForTokenClassification
 from plm_core.tokenizer import Tokenizer
 
@@ -190,21 +191,10 @@ def predict_tags(
 def build_token_classifier(
     model_cfg: ModelConfig, num_labels: int, vocab_size: int, pretrained_dir: Path | None
 ) -> tuple[ForTokenClassification, ModelConfig]:
-    """The model and its body config; a pretrained directory's config.json wins over
-    ``model_cfg`` because its tensors only fit the sizes they were trained with."""
-    if pretrained_dir is not None:
-        body_cfg, _ = load_config(pretrained_dir)
-    else:
-        body_cfg = model_cfg if model_cfg.vocab_size else replace(model_cfg, vocab_size=vocab_size)
-    if body_cfg.vocab_size < vocab_size:
-        source = pretrained_dir / "config.json" if pretrained_dir is not None else "model config"
-        raise ConfigError(
-            f"{source}: vocab_size {body_cfg.vocab_size} is smaller than the tokenizer's {vocab_size}"
-        )
-    model = ForTokenClassification(body_cfg, num_labels)
-    if pretrained_dir is not None:
-        load_encoder_into(model, pretrained_dir)
-    return model, body_cfg
+    """The token classifier and its body config (``model_init.build_task_model``)."""
+    return build_task_model(
+        lambda c: ForTokenClassification(c, num_labels), model_cfg, vocab_size, pretrained_dir
+    )
 
 
 def read_format(cfg: FinetuneConfig) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ import torch
 from plm_core.config import FinetuneConfig, ModelConfig
 from plm_core.errors import ConfigError, InputError
 from plm_core.finetune.classification import TOKENIZER_FILES, bucketed_batches
+from plm_core.finetune.model_init import build_task_model
 from plm_core.finetune.squad import (
     SPLITS,
     DecodeConfig,
@@ -43,7 +44,7 @@ from plm_core.finetune.squad import (
 )
 from plm_core.finetune.squad_metrics import squad_v1_scores, squad_v2_scores
 from plm_core.finetune.trainer import MetricsCallback, TrainerConfig, fit
-from plm_core.models.io import load_config, load_encoder_into, save_model
+from plm_core.models.io import save_model
 from plm_core.models.tasks import ForQuestionAnswering
 from plm_core.serving.qa import QaPredictor, pad_features, predict_spans
 from plm_core.tokenizer import Tokenizer
@@ -91,21 +92,8 @@ def load_qa_task(cfg: FinetuneConfig) -> tuple[SquadData, SquadData, dict[str, A
 def build_qa_model(
     model_cfg: ModelConfig, vocab_size: int, pretrained_dir: Path | None
 ) -> tuple[ForQuestionAnswering, ModelConfig]:
-    """The model and its body config; a pretrained directory's config.json wins over ``model_cfg``
-    (its tensors only fit the sizes they were trained with)."""
-    if pretrained_dir is not None:
-        body_cfg, _ = load_config(pretrained_dir)
-    else:
-        body_cfg = model_cfg if model_cfg.vocab_size else replace(model_cfg, vocab_size=vocab_size)
-    if body_cfg.vocab_size < vocab_size:
-        source = pretrained_dir / "config.json" if pretrained_dir is not None else "model config"
-        raise ConfigError(
-            f"{source}: vocab_size {body_cfg.vocab_size} is smaller than the tokenizer's {vocab_size}"
-        )
-    model = ForQuestionAnswering(body_cfg)
-    if pretrained_dir is not None:
-        load_encoder_into(model, pretrained_dir)
-    return model, body_cfg
+    """The QA model and its body config (``model_init.build_task_model``)."""
+    return build_task_model(ForQuestionAnswering, model_cfg, vocab_size, pretrained_dir)
 
 
 def qa_scores(data: SquadData, predictions: list[SpanPrediction], null_threshold: float) -> dict[str, Any]:
