@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from flows.params import build_params
 from flows.pipeline import pipeline
 from plm_core.stage import read_manifest
-from tests.flows.tiny import tiny_overrides
+from tests.flows.tiny import tiny_overrides, tiny_task_overrides
 
 pytestmark = pytest.mark.e2e
 
@@ -130,32 +130,13 @@ def test_every_family_runs_end_to_end(first_run, tiny_data, family: str, arch: s
     assert "candidate" in result["headline"]["aliases"]
 
 
-def _task_overrides(data: dict[str, Path]) -> list[str]:
-    return [
-        f"ner.train_path={data['conll_train']}",
-        f"ner.dev_path={data['conll_valid']}",
-        f"ner.eval_path={data['conll_test']}",
-        "ner.max_len=32",
-        "ner.epochs=1",
-        f"qa.train_path={data['squad']}",
-        f"qa.dev_path={data['squad']}",
-        "qa.max_len=64",
-        "qa.doc_stride=32",
-        "qa.max_query_len=16",
-        "qa.epochs=1",
-        "qa.eval_fraction=0.25",
-        "registry.ner_model_name=plm-test-ner",
-        "registry.qa_model_name=plm-test-qa",
-    ]
-
-
 def test_ner_and_qa_from_pretrained_and_random_init(first_run, tiny_data) -> None:
     """`plm run --tasks ner,qa --compare-random-init`: the pretrained checkpoint is reused, each task
     is fine-tuned twice (pretrained, random init), evaluated on its own eval set and registered."""
     summary, runs = first_run
     params = build_params(
         "tiny",
-        [*tiny_overrides(tiny_data), *_task_overrides(tiny_data)],
+        [*tiny_overrides(tiny_data), *tiny_task_overrides(tiny_data, "plm-test-ner", "plm-test-qa")],
         runs_dir=str(runs),
         tasks=["ner", "qa"],
     )

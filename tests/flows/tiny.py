@@ -33,3 +33,23 @@ def tiny_overrides(data: dict[str, Path]) -> list[str]:
         "finetune.epochs=1",
         "registry.model_name=plm-test-classifier",
     ]
+
+
+def tiny_task_overrides(data: dict[str, Path], ner_name: str, qa_name: str) -> list[str]:
+    """NER and QA on the CoNLL and SQuAD slices of ``tiny_data``, registered under the given names."""
+    return [
+        f"ner.train_path={data['conll_train']}",
+        f"ner.dev_path={data['conll_valid']}",
+        f"ner.eval_path={data['conll_test']}",
+        "ner.max_len=32",
+        "ner.epochs=1",
+        f"qa.train_path={data['squad']}",
+        f"qa.dev_path={data['squad']}",
+        "qa.max_len=64",
+        "qa.doc_stride=32",
+        "qa.max_query_len=16",
+        "qa.epochs=1",
+        "qa.eval_fraction=0.25",
+        f"registry.ner_model_name={ner_name}",
+        f"registry.qa_model_name={qa_name}",
+    ]

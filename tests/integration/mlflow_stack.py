@@ -3,9 +3,9 @@ pipeline run against it, and the registered classifier served by ``mlflow models
 test_mlflow_server.py and test_serving_load.py through ``conftest.py`` (session scope, so the
 pipeline runs once).
 
-The pipeline runs with ``--family decoder``: one run then registers both a classifier (fine-tuned
-from the GPT body) and the decoder LM itself, so the served/loaded tasks are classification and
-LM from one pretraining, as a user would get them.
+The pipeline runs with ``--family decoder --tasks classification,ner,qa``: one run registers a
+classifier, a NER tagger and a QA model (fine-tuned from the GPT body) and the decoder LM itself,
+so every task's champion comes from one pretraining, as a user would get them.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from tests.flows.conftest import tiny_data  # noqa: F401  (the same tiny corpus 
 
 CLASSIFIER = "plm-sst2-classifier"
 LM = "plm-lm"
+NER = "plm-conll-ner"
+QA = "plm-squad-qa"
 VENV_BIN = str(Path(sys.executable).parent)
 
 
@@ -115,15 +117,17 @@ def pipeline_on_server(
 
     from flows.params import build_params
     from flows.pipeline import pipeline
-    from tests.flows.tiny import tiny_overrides
+    from tests.flows.tiny import tiny_overrides, tiny_task_overrides
 
     runs = tmp_path_factory.mktemp("server_runs")
     overrides = [
         *tiny_overrides(tiny_data),
+        *tiny_task_overrides(tiny_data, NER, QA),
         f"registry.model_name={CLASSIFIER}",
         f"registry.lm_model_name={LM}",
     ]
-    params = build_params("tiny", overrides, family="decoder", runs_dir=str(runs))
+    tasks = ["classification", "ner", "qa"]
+    params = build_params("tiny", overrides, family="decoder", runs_dir=str(runs), tasks=tasks)
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = mlflow_server["uri"]
     started = time.monotonic()

@@ -19,12 +19,18 @@ from mlflow.tracking import MlflowClient
 
 from plm_core.lineage import lineage
 from plm_core.stage import read_manifest
-from tests.integration.mlflow_stack import CLASSIFIER, LM, child_env, invoke
+from tests.integration.mlflow_stack import CLASSIFIER, LM, NER, QA, child_env, invoke
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 SENTENCES = ["a gripping , beautiful film", "dull , lifeless and far too long", "the acting was fine"]
 PROMPTS = ["To be, or not to be", "The king"]
+NER_TEXTS = [
+    "Peter Blackburn flew from London to Berlin .",
+    "EU rejects German call to boycott British lamb .",
+]
+QUESTIONS = ["Where did Peter fly to?"]
+CONTEXTS = ["Peter Blackburn flew from London to Berlin on Monday."]
 
 
 def _run_id(summary: dict[str, Any], stage: str) -> str:
@@ -89,6 +95,8 @@ def _expected(summary: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
 
     from plm_core.serving.classifier import ClassifierPredictor
     from plm_core.serving.lm import LmPredictor
+    from plm_core.serving.ner import NerPredictor
+    from plm_core.serving.qa import QaPredictor
 
     probs = ClassifierPredictor(summary["stages"]["finetune"]).predict_proba(SENTENCES)
     lm_dir = tmp_path / "lm"
@@ -97,7 +105,9 @@ def _expected(summary: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
         shutil.copy2(Path(summary["stages"]["pretrain"]) / name, lm_dir / name)
     shutil.copytree(summary["stages"]["tokenizer"], lm_dir / "tokenizer")
     texts = LmPredictor(lm_dir).generate(PROMPTS, max_new_tokens=12)
-    return {"probs": probs, "generated": texts}
+    entities = NerPredictor(summary["stages"]["finetune_ner"]).predict(NER_TEXTS)
+    answers = QaPredictor(summary["stages"]["finetune_qa"]).predict(QUESTIONS, CONTEXTS)
+    return {"probs": probs, "generated": texts, "entities": entities, "answers": answers}
 
 
 def test_each_champion_loads_and_predicts_in_a_fresh_process(
@@ -111,8 +121,12 @@ def test_each_champion_loads_and_predicts_in_a_fresh_process(
         c = clf.predict(pd.DataFrame({{"text": {SENTENCES!r}}}))
         lm = mlflow.pyfunc.load_model("models:/{LM}@champion")
         g = lm.predict(pd.DataFrame({{"prompt": {PROMPTS!r}}}), params={{"max_new_tokens": 12}})
+        ner = mlflow.pyfunc.load_model("models:/{NER}@champion").predict(pd.DataFrame({{"text": {NER_TEXTS!r}}}))
+        qa = mlflow.pyfunc.load_model("models:/{QA}@champion").predict(
+            pd.DataFrame({{"question": {QUESTIONS!r}, "context": {CONTEXTS!r}}}))
         print(json.dumps({{"columns": list(c.columns), "clf": c.to_dict("list"), "lm": g.to_dict("list"),
-                           "lm_columns": list(g.columns)}}))
+                           "lm_columns": list(g.columns), "ner": ner["entities"].tolist(),
+                           "qa": qa.to_dict("records")}}))
         """,
         uri,
         tmp_path,
@@ -129,6 +143,16 @@ def test_each_champion_loads_and_predicts_in_a_fresh_process(
     assert out["lm"]["generated_text"] == expected["generated"]  # greedy: the same text
     assert all(isinstance(t, str) for t in out["lm"]["generated_text"])
     assert any(t.strip() for t in out["lm"]["generated_text"])
+    served_entities = [json.loads(e) for e in out["ner"]]
+    spans = [[(e["entity"], e["start"], e["end"], e["text"]) for e in row] for row in expected["entities"]]
+    assert [[(e["entity"], e["start"], e["end"], e["text"]) for e in row] for row in served_entities] == spans
+    for served_row, row in zip(served_entities, expected["entities"], strict=True):
+        assert [e["score"] for e in served_row] == pytest.approx([e["score"] for e in row], abs=1e-5)
+    for text, entities in zip(NER_TEXTS, expected["entities"], strict=True):
+        assert all(text[e["start"] : e["end"]] == e["text"] for e in entities)
+    (served_qa,), (answer,) = out["qa"], expected["answers"]
+    assert served_qa["answer"] == answer["answer"] and served_qa["start"] == answer["start"]
+    assert served_qa["score"] == pytest.approx(answer["score"], abs=1e-5)
 
 
 def test_served_champion_answers_invocations(served_classifier: dict[str, Any], tmp_path: Path) -> None:
