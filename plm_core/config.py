@@ -345,6 +345,9 @@ class FinetuneConfig:
     distill_temperature: float = 2.0
     student_layers: int = 0
     student_hidden: int = 0
+    # seq2seq classification: pooled (mean-pooled encoder + linear head) | text (T5-style
+    # text-to-text: label names as decoder targets, rank classification; finetune/text2text.py).
+    seq2seq_head: str = "pooled"  # pooled | text (T5-style text-to-text)
 
 
 @dataclass

@@ -263,6 +263,15 @@ def finetune_classification(
         raise ConfigError("distillation trains the whole student; use method='full' with distill_teacher")
     tokenizer_dir, out_dir = Path(tokenizer_dir), Path(out_dir)
     pretrained_dir = Path(pretrained_dir) if pretrained_dir is not None else None
+    if cfg.seq2seq_head != "pooled":  # T5-style text-to-text (or an unknown head: ConfigError)
+        from plm_core.finetune.text2text import check_head, finetune_text2text
+
+        family = load_config(pretrained_dir)[0].family if pretrained_dir is not None else model_cfg.family
+        check_head(cfg, family)
+        train, dev = _load_task(cfg)
+        return finetune_text2text(
+            tokenizer_dir, pretrained_dir, model_cfg, cfg, out_dir, train, dev, on_metrics
+        )
     tokenizer = Tokenizer.load(tokenizer_dir, num_threads=cfg.threads)
     train, dev = _load_task(cfg)
     num_labels = len(train.label_names)

@@ -25,6 +25,14 @@ from plm_core.finetune.task_data import (
     load_classification,
     model_inputs,
 )
+from plm_core.finetune.text2text import (
+    HEAD_KEY,
+    HEADS,
+    TEXT_HEAD,
+    label_scores,
+    label_targets,
+    text2text_model,
+)
 from plm_core.models.factory import classification_model
 from plm_core.models.io import load_config, load_weights
 from plm_core.tokenizer import Tokenizer
@@ -63,7 +71,10 @@ class ClassifierPredictor:
     """Loads a classifier directory once; ``predict`` labels raw texts (or text pairs).
 
     ``quantize=True`` serves the model with int8 dynamic quantized Linear layers on CPU
-    (``plm_core.finetune.quantize``); the directory holds fp32 weights either way.
+    (``plm_core.finetune.quantize``); the directory holds fp32 weights either way. A directory
+    whose config.json says ``classification_head: "text"`` holds a T5-style text-to-text model
+    (``plm_core.finetune.text2text``): its probabilities are the softmax over each label's summed
+    target log-likelihood.
     """
 
     def __init__(self, model_dir: str | Path, quantize: bool = False) -> None:
@@ -76,7 +87,24 @@ class ClassifierPredictor:
         self.labels: list[str] = list(extra["labels"])
         self.max_len = int(extra["max_len"])
         self.tokenizer = Tokenizer.load(self.model_dir / "tokenizer")
-        self.model = classification_model(cfg, len(self.labels))
+        self.head = str(extra.get(HEAD_KEY, "pooled"))
+        if self.head not in HEADS:
+            raise InputError(
+                self.model_dir / "config.json", f"{HEAD_KEY} {self.head!r}; expected one of {list(HEADS)}"
+            )
+        self.label_targets: list[list[int]] | None = None
+        if self.head == TEXT_HEAD:
+            stored = extra.get("label_targets")
+            targets = label_targets(self.tokenizer, self.labels)
+            if stored is not None and [list(t) for t in stored] != targets:
+                raise InputError(
+                    self.model_dir / "config.json",
+                    "label_targets differ from the bundled tokenizer's encoding of the labels",
+                )
+            self.label_targets = targets
+            self.model = text2text_model(cfg)
+        else:
+            self.model = classification_model(cfg, len(self.labels))
         load_weights(self.model, self.model_dir)
         self.model.eval()
         self.quantized = quantize
@@ -93,6 +121,11 @@ class ClassifierPredictor:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         pairs = None if text_pairs is None else list(text_pairs)
         sequences, segments = encode_inputs(self.tokenizer, list(texts), self.max_len, pairs)
+        if self.label_targets is not None:
+            scores = label_scores(
+                self.model, sequences, self.label_targets, self.tokenizer.pad_id, batch_size
+            )
+            return torch.softmax(scores, dim=-1).numpy()
         logits = predict_logits(self.model, sequences, self.tokenizer.pad_id, batch_size, segments)
         return torch.softmax(logits, dim=-1).numpy()
 
