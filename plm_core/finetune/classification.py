@@ -170,6 +170,10 @@ class _Teacher:
             raise ConfigError(
                 f"distill_teacher {model_dir} is a {extra.get('task')!r} model, not a classifier"
             )
+        if extra.get("classification_head", "pooled") != "pooled":
+            raise ConfigError(
+                f"distill_teacher {model_dir} is a text-to-text classifier; distil from a pooled one"
+            )
         if list(extra["labels"]) != labels:
             raise ConfigError(
                 f"distill_teacher {model_dir} has labels {extra['labels']}, the data has {labels}"

@@ -116,8 +116,9 @@ def test_rank_classification_matches_a_manual_log_likelihood(
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
 
 
-def test_text_to_text_t5_learns_and_serves(task: dict[str, Path], tmp_path: Path) -> None:
-    out = tmp_path / "t5text"
+@pytest.fixture(scope="module")
+def t5_text(task: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    out = tmp_path_factory.mktemp("t5text") / "model"
     losses: list[float] = []
     result = finetune_classification(
         task["tokenizer"],
@@ -127,6 +128,12 @@ def test_text_to_text_t5_learns_and_serves(task: dict[str, Path], tmp_path: Path
         out,
         on_metrics=lambda m, s: losses.append(m["train_loss"]) if "train_loss" in m else None,
     )
+    return {"dir": out, "result": result, "losses": losses}
+
+
+def test_text_to_text_t5_learns_and_serves(task: dict[str, Path], t5_text: dict[str, object]) -> None:
+    out, result, losses = t5_text["dir"], t5_text["result"], t5_text["losses"]
+    assert isinstance(out, Path) and isinstance(result, dict) and isinstance(losses, list)
     assert result["classification_head"] == "text" and result["dev_accuracy"] >= 0.9
     assert len(losses) >= 2 and losses[-1] < 0.5 * losses[0]
     doc = json.loads((out / "config.json").read_text())
@@ -143,6 +150,9 @@ def test_text_to_text_t5_learns_and_serves(task: dict[str, Path], tmp_path: Path
     assert accuracy == pytest.approx(result["dev_accuracy"])
     assert evaluate_classification(out, task["dev"])["accuracy"] == pytest.approx(result["dev_accuracy"])
     assert predictor.predict(["the plot was great"])[0]["label"] == "positive"
+    # int8 dynamic quantized serving scores the same way (the tied LM head included).
+    quantized = ClassifierPredictor(out, quantize=True).predict_proba([r["sentence"] for r in rows])
+    assert (quantized.argmax(axis=1) == proba.argmax(axis=1)).mean() >= 0.95
 
 
 def test_text_to_text_bart_learns(task: dict[str, Path], tmp_path: Path) -> None:
@@ -168,6 +178,14 @@ def test_bad_heads_and_labels_are_config_errors(task: dict[str, Path], tmp_path:
     with pytest.raises(ConfigError, match="same ids"):
         label_targets(tokenizer, ["good", "good"])
     assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_a_text_to_text_model_is_no_distillation_teacher(
+    task: dict[str, Path], t5_text: dict[str, object], tmp_path: Path
+) -> None:
+    cfg = t2t_config(task, seq2seq_head="pooled", distill_teacher=str(t5_text["dir"]))
+    with pytest.raises(ConfigError, match="text-to-text classifier"):
+        finetune_classification(task["tokenizer"], None, TINY_MODEL, cfg, tmp_path / "student")
 
 
 def test_scores_are_log_probabilities_of_the_target_tokens(task: dict[str, Path]) -> None:
