@@ -176,7 +176,7 @@ def load_classification(
     names = list(labels) if labels is not None else _discover_names(keys)
     index = {name: i for i, name in enumerate(names)}
     ints_index_names = labels is not None and not any(_is_int(name) for name in names)
-    if labels is None and names == BINARY_SENTIMENT_NAMES:
+    if labels is None and set(keys) <= {"0", "1"}:  # 0/1 discovered as negative/positive: keep the ids
         index = {"0": 0, "1": 1}
     label_ids: list[int] = []
     for key, n in zip(keys, lines, strict=True):

@@ -215,3 +215,13 @@ def test_pair_encoding_segments_and_longest_first_truncation() -> None:
     assert inputs["token_type_ids"].tolist() == [[0, 0, 0, 0, 0, 1, 1, 1], [0] * 8]
     assert inputs["attention_mask"][1].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
     assert "token_type_ids" not in model_inputs([[2, 3]], pad_id=0)
+
+
+def test_label_names_negative_positive_are_read_as_names(tmp_path: Path) -> None:
+    """String labels that happen to be SST-2's names are names, not the 0/1 id convention."""
+    path = tmp_path / "named.jsonl"
+    rows = [("great", "positive"), ("awful", "negative"), ("fine", "positive")]
+    path.write_text("".join(json.dumps({"sentence": t, "label": lab}) + "\n" for t, lab in rows))
+    data = load_classification(path)
+    assert data.label_names == ["negative", "positive"]
+    assert data.label_ids == [1, 0, 1]
