@@ -15,8 +15,8 @@ from prefect import flow, task
 
 from flows.common import TASK_DEFAULTS, call_stage, stage_dir
 from plm_core.config import FinetuneConfig
-from plm_core.finetune import tasks
-from plm_core.stage import StageRef, read_manifest, run_stage, sha256_file
+from plm_core.finetune import hub, tasks
+from plm_core.stage import StageRef, read_manifest, run_stage
 from plm_core.tracking import tracking_uri
 
 # The FinetuneConfig fields that change how an evaluation file is read, per task.
@@ -79,8 +79,9 @@ def evaluate_flow(
 ) -> StageRef:
     """Evaluate on ``data_path``, by default the task's evaluation file (``eval_path``, else ``dev_path``)."""
     task_name = tasks.model_task(Path(finetuned.path))
-    path = str(Path(data_path or tasks.eval_path(cfg)).resolve())
-    data_digest = sha256_file(path)
+    path = data_path or tasks.eval_path(cfg)
+    path = path if hub.is_hub_ref(path) else str(Path(path).resolve())
+    data_digest = hub.data_digest(path)
     reading = reading_params(task_name, cfg)
     out = stage_dir(runs_dir, "evaluate", finetuned.digest, data_digest, task_name, reading)
     return call_stage(

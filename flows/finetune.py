@@ -10,13 +10,13 @@ from prefect import flow, task
 from flows.common import TASK_DEFAULTS, call_stage, stage_dir
 from flows.tracking import stage_run
 from plm_core.config import FinetuneConfig, ModelConfig
-from plm_core.finetune import tasks
-from plm_core.stage import StageRef, read_manifest, run_stage, sha256_file
+from plm_core.finetune import hub, tasks
+from plm_core.stage import StageRef, read_manifest, run_stage
 
 
 def task_data_digest(cfg: FinetuneConfig) -> str:
     """Content digest of the task's train and dev files, so edited data reruns fine-tuning."""
-    return ":".join(sha256_file(p)[:16] for p in (cfg.train_path, cfg.dev_path))
+    return ":".join(hub.data_digest(p)[:16] for p in (cfg.train_path, cfg.dev_path))
 
 
 @task(name="finetune", **TASK_DEFAULTS)

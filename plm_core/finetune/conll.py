@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from plm_core.errors import ConfigError, InputError
+from plm_core.finetune.hub import is_hub_ref, load_hub_split
 
 DOCSTART = "-DOCSTART-"
 OUTSIDE = "O"
@@ -196,6 +197,26 @@ def _raw_sentences(
         yield current
 
 
+def _hub_sentences(ref: str) -> Iterator[_RawSentence]:
+    """Sentences of a hub split with ``tokens`` and ``ner_tags`` columns (the HF conll2003 layout:
+    tags as class ids with their names in the features, or as strings); ``lines`` are row numbers."""
+    rows = load_hub_split(ref)
+    for column in ("tokens", "ner_tags"):
+        if column not in rows.column_names:
+            raise InputError(ref, f"has no {column!r} column (columns: {', '.join(rows.column_names)})")
+    names = getattr(getattr(rows.features["ner_tags"], "feature", None), "names", None)
+    for n, row in enumerate(rows, start=1):
+        words, tags = list(row["tokens"]), list(row["ner_tags"])
+        if len(words) != len(tags):
+            raise InputError(ref, f"{len(words)} tokens but {len(tags)} tags", line=n)
+        if any(not isinstance(t, str) for t in tags):
+            if names is None:
+                raise InputError(ref, "ner_tags are ids but the dataset names no tag classes", line=n)
+            tags = [names[int(t)] for t in tags]
+        if words:
+            yield _RawSentence(words, tags, [n] * len(words))
+
+
 def read_conll(
     path: str | Path,
     token_column: int = 0,
@@ -213,13 +234,16 @@ def read_conll(
     "iob1" or "bioes"/"iobes"/"bilou". ``labels`` (IOB2 names) fixes the label set, e.g. the
     one a model was trained with; otherwise it is discovered from the file.
     """
-    path = Path(path)
     if tag_scheme not in TAG_SCHEMES:
         raise ConfigError(f"tag_scheme {tag_scheme!r}; choose one of {sorted(TAG_SCHEMES)}")
-    if not path.is_file():
-        raise InputError(path, "no such file")
     counts = {"documents": 0, "sentences": 0, "tokens": 0}
-    raw = list(_raw_sentences(path, token_column, tag_column, separator or None, counts))
+    if is_hub_ref(path):
+        raw = list(_hub_sentences(str(path)))
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "no such file")
+        raw = list(_raw_sentences(path, token_column, tag_column, separator or None, counts))
     if not raw:
         raise InputError(path, "no sentences")
 

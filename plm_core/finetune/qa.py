@@ -14,7 +14,6 @@ dev file, all of train_path trains and all of dev_path is dev.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -30,6 +29,7 @@ import torch
 from plm_core.config import FinetuneConfig, ModelConfig
 from plm_core.errors import ConfigError, InputError
 from plm_core.finetune.classification import TOKENIZER_FILES, bucketed_batches
+from plm_core.finetune.hub import data_digest
 from plm_core.finetune.model_init import build_task_model
 from plm_core.finetune.squad import (
     SPLITS,
@@ -54,16 +54,8 @@ log = logging.getLogger(__name__)
 EVAL_BATCH_SIZE = 64
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _same_file(a: str, b: str) -> bool:
-    return Path(a).resolve() == Path(b).resolve() or file_sha256(a) == file_sha256(b)
+    return Path(a).resolve() == Path(b).resolve() or data_digest(a) == data_digest(b)
 
 
 def load_qa_task(cfg: FinetuneConfig) -> tuple[SquadData, SquadData, dict[str, Any] | None]:
@@ -76,7 +68,7 @@ def load_qa_task(cfg: FinetuneConfig) -> tuple[SquadData, SquadData, dict[str, A
         dev = select_split(data, "eval", cfg.eval_fraction, cfg.split_seed)
         split = {
             "data_path": str(cfg.train_path),
-            "data_sha256": file_sha256(cfg.train_path),
+            "data_sha256": data_digest(cfg.train_path),
             "eval_fraction": cfg.eval_fraction,
             "seed": cfg.split_seed,
             "train": train.counts(),
@@ -266,7 +258,7 @@ def evaluate_qa(
         raise InputError(data_path, "is SQuAD v2.0 (unanswerable questions); this model was trained on v1.1")
     recorded = predictor.extra.get("qa_split")
     if split == "auto":
-        split = "eval" if recorded and recorded["data_sha256"] == file_sha256(data_path) else "all"
+        split = "eval" if recorded and recorded["data_sha256"] == data_digest(data_path) else "all"
     if split != "all":
         if not recorded:
             raise ConfigError(f"{model_dir}: the model was not trained on a split file; use split='all'")

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from plm_core.errors import ConfigError, InputError
+from plm_core.finetune.hub import is_hub_ref, load_hub_split
 
 SQUAD_VERSIONS = ("auto", "1.1", "2.0")
 SPLITS = ("train", "eval", "all")
@@ -148,6 +149,32 @@ def _file_version(doc: dict[str, Any], has_impossible: bool) -> str:
     return "1.1"
 
 
+def _hub_doc(ref: str) -> dict[str, Any]:
+    """A hub split in the HF squad layout (``id``, ``title``, ``context``, ``question``,
+    ``answers: {text, answer_start}``) as a SQuAD JSON document, so it passes the same checks;
+    a question without answers is unanswerable (squad_v2)."""
+    rows = load_hub_split(ref)
+    missing = {"id", "title", "context", "question", "answers"} - set(rows.column_names)
+    if missing:
+        raise InputError(ref, f"has no column(s) {sorted(missing)} (columns: {', '.join(rows.column_names)})")
+    articles: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    impossible = False
+    for row in rows:
+        answers = [
+            {"text": t, "answer_start": a}
+            for t, a in zip(row["answers"]["text"], row["answers"]["answer_start"], strict=True)
+        ]
+        qa: dict[str, Any] = {"id": row["id"], "question": row["question"], "answers": answers}
+        if not answers:
+            qa["is_impossible"], impossible = True, True
+        articles.setdefault(row["title"], {}).setdefault(row["context"], []).append(qa)
+    data = [
+        {"title": title, "paragraphs": [{"context": c, "qas": qas} for c, qas in paragraphs.items()]}
+        for title, paragraphs in articles.items()
+    ]
+    return {"version": "v2.0" if impossible else "1.1", "data": data}
+
+
 def read_squad(path: str | Path, version: str = "auto") -> SquadData:
     """Every question of a SQuAD v1.1 or v2.0 JSON file, checked (see the module docstring).
 
@@ -157,17 +184,20 @@ def read_squad(path: str | Path, version: str = "auto") -> SquadData:
     """
     if version not in SQUAD_VERSIONS:
         raise ConfigError(f"squad_version must be one of {SQUAD_VERSIONS}, got {version!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "does not exist")
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(path, f"not UTF-8 (byte {e.start})") from None
-    try:
-        doc = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise InputError(path, f"malformed JSON: {e.msg} (column {e.colno})", line=e.lineno) from None
+    if is_hub_ref(path):
+        doc, raw = _hub_doc(str(path)), ""  # no file lines to point at: errors name the row's id
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "does not exist")
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(path, f"not UTF-8 (byte {e.start})") from None
+        try:
+            doc = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise InputError(path, f"malformed JSON: {e.msg} (column {e.colno})", line=e.lineno) from None
     loc = _Locator(path, raw)
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise InputError(path, 'expected a SQuAD object {"data": [...], "version": ...}')

@@ -39,9 +39,9 @@ from typing import Any, Protocol
 import torch
 
 from plm_core.errors import InputError
+from plm_core.finetune.hub import is_hub_ref, load_hub_split
 
 BINARY_SENTIMENT_NAMES = ["negative", "positive"]
-HUB_PREFIX = "hf:"
 
 
 @dataclass
@@ -72,18 +72,7 @@ class _Encoder(Protocol):
 
 def _hub_records(ref: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """Rows of ``hf:<dataset id>[:<config>]:<split>`` as ``(row_number, record)``, 1-based."""
-    parts = ref[len(HUB_PREFIX) :].split(":")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise InputError(ref, "expected hf:<dataset id>[:<config>]:<split>, e.g. hf:nyu-mll/glue:sst2:train")
-    from datasets import load_dataset  # imported here: serving never reads hub datasets
-
-    name, split = parts[0], parts[-1]
-    config = parts[1] if len(parts) == 3 else None
-    try:
-        rows = load_dataset(name, config, split=split)
-    except Exception as e:  # offline, unknown id or split: the user's reference is what is wrong
-        raise InputError(ref, f"cannot load from the HF hub: {type(e).__name__}: {e}") from None
-    yield from enumerate(rows, start=1)
+    yield from enumerate(load_hub_split(ref), start=1)
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -143,7 +132,7 @@ def load_classification(
 ) -> ClassificationData:
     """Read every example of a .jsonl/.csv/.tsv file (or an ``hf:`` dataset); see the module
     docstring for the label rule. ``text_pair_field`` non-empty reads sentence pairs."""
-    hub = isinstance(path, str) and path.startswith(HUB_PREFIX)
+    hub = is_hub_ref(path)
     if hub:
         records = _hub_records(str(path))
     else:
