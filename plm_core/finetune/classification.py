@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ from plm_core.config import FinetuneConfig, ModelConfig
 from plm_core.errors import ConfigError, InputError
 from plm_core.finetune.distill import TEACHER_LOGITS, build_student, distillation_loss_fn
 from plm_core.finetune.metrics import accuracy, macro_f1
-from plm_core.finetune.model_init import build_task_model
+from plm_core.finetune.model_init import build_task_model, save_task_model
 from plm_core.finetune.peft import METHODS, apply_peft, count_parameters, is_peft_model, merge, save_adapter
 from plm_core.finetune.task_data import (
     ClassificationData,
@@ -41,7 +40,7 @@ from plm_core.finetune.task_data import (
 )
 from plm_core.finetune.trainer import TrainerConfig, TrainResult, default_loss, fit
 from plm_core.models.factory import classification_model
-from plm_core.models.io import load_config, load_weights, save_model
+from plm_core.models.io import load_config, load_weights
 from plm_core.serving.classifier import predict_logits
 from plm_core.tokenizer import Tokenizer
 
@@ -53,7 +52,6 @@ GRAD_CLIP = 1.0
 BUCKET_CHUNK_BATCHES = 50
 LOG_EVERY_STEPS = 50
 EVAL_BATCH_SIZE = 128
-TOKENIZER_FILES = ("spm.model", "tokenizer.json")
 
 
 def bucketed_batches(lengths: list[int], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
@@ -333,10 +331,7 @@ def finetune_classification(
     }
     if cfg.distill_teacher:
         extra["distilled_from"] = cfg.distill_teacher
-    save_model(model, body_cfg, out_dir, extra=extra)
-    (out_dir / "tokenizer").mkdir(exist_ok=True)
-    for name in TOKENIZER_FILES:
-        shutil.copy2(tokenizer_dir / name, out_dir / "tokenizer" / name)
+    save_task_model(model, body_cfg, out_dir, extra, tokenizer_dir)
     seconds = time.perf_counter() - started
     result = {
         "dev_accuracy": run.best["dev_accuracy"],

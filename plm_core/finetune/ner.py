@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -33,14 +32,14 @@ from torch import nn
 
 from plm_core.config import FinetuneConfig, ModelConfig
 from plm_core.errors import ConfigError, InputError
-from plm_core.finetune.classification import TOKENIZER_FILES, bucketed_batches, trainer_config
+from plm_core.finetune.classification import bucketed_batches, trainer_config
 from plm_core.finetune.conll import ConllData, Sentence, read_conll
-from plm_core.finetune.model_init import build_task_model
+from plm_core.finetune.model_init import build_task_model, save_task_model
 from plm_core.finetune.ner_metrics import entity_scores
 from plm_core.finetune.task_data import length_sorted_batches
 from plm_core.finetune.trainer import fit
 from plm_core.models.encoder import IGNORE_INDEX
-from plm_core.models.io import load_config, load_weights, save_model
+from plm_core.models.io import load_config, load_weights
 from plm_core.models.tasks import ForTokenClassification
 from plm_core.tokenizer import Tokenizer
 
@@ -310,10 +309,7 @@ def finetune_ner(
         "finetune": asdict(cfg),
         "pretrained_from": str(pretrained_dir) if pretrained_dir is not None else None,
     }
-    save_model(model, body_cfg, out_dir, extra=extra)
-    (out_dir / "tokenizer").mkdir(exist_ok=True)
-    for name in TOKENIZER_FILES:
-        shutil.copy2(tokenizer_dir / name, out_dir / "tokenizer" / name)
+    save_task_model(model, body_cfg, out_dir, extra, tokenizer_dir)
     best = result.best
     summary = {
         "dev_f1": best["dev_f1"],

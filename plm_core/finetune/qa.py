@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -28,9 +27,9 @@ import torch
 
 from plm_core.config import FinetuneConfig, ModelConfig
 from plm_core.errors import ConfigError, InputError
-from plm_core.finetune.classification import TOKENIZER_FILES, bucketed_batches
+from plm_core.finetune.classification import bucketed_batches
 from plm_core.finetune.hub import data_digest
-from plm_core.finetune.model_init import build_task_model
+from plm_core.finetune.model_init import build_task_model, save_task_model
 from plm_core.finetune.squad import (
     SPLITS,
     DecodeConfig,
@@ -44,7 +43,6 @@ from plm_core.finetune.squad import (
 )
 from plm_core.finetune.squad_metrics import squad_v1_scores, squad_v2_scores
 from plm_core.finetune.trainer import MetricsCallback, TrainerConfig, fit
-from plm_core.models.io import save_model
 from plm_core.models.tasks import ForQuestionAnswering
 from plm_core.serving.qa import QaPredictor, pad_features, predict_spans
 from plm_core.tokenizer import Tokenizer
@@ -213,10 +211,7 @@ def finetune_qa(
         "finetune": asdict(cfg),
         "pretrained_from": str(pretrained_dir) if pretrained_dir is not None else None,
     }
-    save_model(model, body_cfg, out_dir, extra=extra)
-    (out_dir / "tokenizer").mkdir(exist_ok=True)
-    for name in TOKENIZER_FILES:
-        shutil.copy2(tokenizer_dir / name, out_dir / "tokenizer" / name)
+    save_task_model(model, body_cfg, out_dir, extra, tokenizer_dir)
     out = {
         **{k: v for k, v in result.best.items() if k.startswith("dev_")},
         "train_loss": result.train_loss,

@@ -23,10 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 
 from plm_core.config import FinetuneConfig, ModelConfig
 from plm_core.errors import ConfigError
+from plm_core.finetune.model_init import build_task_model
 from plm_core.finetune.task_data import (
     ClassificationData,
     encode_inputs,
@@ -43,7 +43,7 @@ from plm_core.finetune.task_data import (
     model_inputs,
 )
 from plm_core.models.encoder import IGNORE_INDEX
-from plm_core.models.io import load_config, load_weights
+from plm_core.models.io import load_weights
 from plm_core.models.seq2seq import Seq2SeqForConditionalGeneration, shift_right
 from plm_core.tokenizer import Tokenizer
 
@@ -101,23 +101,15 @@ def build_text2text(
 ) -> tuple[Seq2SeqForConditionalGeneration, ModelConfig]:
     """The encoder-decoder LM, from a pretrained seq2seq checkpoint (all of it: encoder, decoder
     and LM head) or from random init; returns the model and the body config it was built with."""
-    if pretrained_dir is not None:
-        body_cfg, _ = load_config(pretrained_dir)
-    else:
-        body_cfg = model_cfg if model_cfg.vocab_size else replace(model_cfg, vocab_size=vocab_size)
-    if body_cfg.family != "seq2seq":
-        raise ConfigError(
-            f"finetune.seq2seq_head='text' needs a seq2seq model, got family {body_cfg.family!r}"
-        )
-    if body_cfg.vocab_size < vocab_size:
-        source = pretrained_dir / "config.json" if pretrained_dir is not None else "model config"
-        raise ConfigError(
-            f"{source}: vocab_size {body_cfg.vocab_size} is smaller than the tokenizer's {vocab_size}"
-        )
-    model = text2text_model(body_cfg)
-    if pretrained_dir is not None:
-        load_weights(model, pretrained_dir)
-    return model, body_cfg
+
+    def make(body_cfg: ModelConfig) -> Seq2SeqForConditionalGeneration:
+        if body_cfg.family != "seq2seq":
+            raise ConfigError(
+                f"finetune.seq2seq_head='text' needs a seq2seq model, got family {body_cfg.family!r}"
+            )
+        return text2text_model(body_cfg)
+
+    return build_task_model(make, model_cfg, vocab_size, pretrained_dir, load=load_weights)
 
 
 def target_batch(targets: list[list[int]]) -> torch.Tensor:
@@ -221,10 +213,10 @@ def finetune_text2text(
     "text"`` and the label targets, and the saved weights are the whole encoder-decoder."""
     from tqdm.auto import tqdm
 
-    from plm_core.finetune.classification import TOKENIZER_FILES, bucketed_batches, trainer_config
+    from plm_core.finetune.classification import bucketed_batches, trainer_config
+    from plm_core.finetune.model_init import save_task_model
     from plm_core.finetune.peft import count_parameters
     from plm_core.finetune.trainer import fit
-    from plm_core.models.io import save_model
 
     started = time.perf_counter()
     tokenizer = Tokenizer.load(tokenizer_dir, num_threads=cfg.threads)
@@ -273,10 +265,7 @@ def finetune_text2text(
         "finetune": asdict(cfg),
         "pretrained_from": str(pretrained_dir) if pretrained_dir is not None else None,
     }
-    save_model(model, body_cfg, out_dir, extra=extra)
-    (out_dir / "tokenizer").mkdir(exist_ok=True)
-    for name in TOKENIZER_FILES:
-        shutil.copy2(Path(tokenizer_dir) / name, out_dir / "tokenizer" / name)
+    save_task_model(model, body_cfg, out_dir, extra, tokenizer_dir)
     result = {
         "dev_accuracy": run.best["dev_accuracy"],
         "dev_f1": run.best["dev_f1"],

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from plm_core.config import model_preset
-from plm_core.finetune.classification import TOKENIZER_FILES
+from plm_core.finetune.model_init import TOKENIZER_FILES
 from plm_core.finetune.quantize import count_quantized_linears, quantize_dynamic_int8, serialized_linear_bytes
 from plm_core.models.factory import classification_model
 from plm_core.models.io import save_model
