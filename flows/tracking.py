@@ -77,9 +77,10 @@ def _parent_tags(client: MlflowClient, experiment_id: str) -> dict[str, str]:
 
 
 @contextmanager
-def stage_run(
-    runs_dir: str, experiment: str, name: str, tags: dict[str, str] | None = None
+def _tracked_run(
+    runs_dir: str, experiment: str, name: str, tags: dict[str, str], nest: bool
 ) -> Iterator[StageRun]:
+    """One MLflow run around a block: FINISHED when it returns, FAILED when it raises."""
     uri = tracking_uri(runs_dir)
     exp_id = ensure_experiment(uri, experiment, runs_dir)
     client = MlflowClient(uri)
@@ -87,10 +88,9 @@ def stage_run(
         exp_id,
         run_name=name,
         tags={
-            "plm.stage": name,
             "plm.code_version": code_version(),
-            **_parent_tags(client, exp_id),
-            **(tags or {}),
+            **(_parent_tags(client, exp_id) if nest else {}),
+            **tags,
         },
     )
     handle = StageRun(client, run.info.run_id, uri, exp_id)
@@ -103,33 +103,30 @@ def stage_run(
 
 
 @contextmanager
+def stage_run(
+    runs_dir: str, experiment: str, name: str, tags: dict[str, str] | None = None
+) -> Iterator[StageRun]:
+    """The run of one stage execution, nested under the open pipeline run if there is one."""
+    with _tracked_run(runs_dir, experiment, name, {"plm.stage": name, **(tags or {})}, nest=True) as run:
+        yield run
+
+
+@contextmanager
 def pipeline_run(
     runs_dir: str, experiment: str, name: str = "plm-pipeline", tags: dict[str, str] | None = None
 ) -> Iterator[StageRun]:
     """The parent run of one pipeline run; stage runs created meanwhile nest under it."""
-    uri = tracking_uri(runs_dir)
-    exp_id = ensure_experiment(uri, experiment, runs_dir)
-    client = MlflowClient(uri)
-    run = client.create_run(
-        exp_id,
-        run_name=name,
-        tags={"plm.stage": "pipeline", "plm.code_version": code_version(), **(tags or {})},
-    )
-    previous = os.environ.get(PARENT_ENV)
-    os.environ[PARENT_ENV] = run.info.run_id
-    handle = StageRun(client, run.info.run_id, uri, exp_id)
-    try:
-        yield handle
-    except BaseException:
-        client.set_terminated(run.info.run_id, status="FAILED")
-        raise
-    else:
-        client.set_terminated(run.info.run_id, status="FINISHED")
-    finally:
-        if previous is None:
-            os.environ.pop(PARENT_ENV, None)
-        else:
-            os.environ[PARENT_ENV] = previous
+    stage_tags = {"plm.stage": "pipeline", **(tags or {})}
+    with _tracked_run(runs_dir, experiment, name, stage_tags, nest=False) as run:
+        previous = os.environ.get(PARENT_ENV)
+        os.environ[PARENT_ENV] = run.run_id
+        try:
+            yield run
+        finally:
+            if previous is None:
+                os.environ.pop(PARENT_ENV, None)
+            else:
+                os.environ[PARENT_ENV] = previous
 
 
 # ---------------------------------------------------------------------------------------------
