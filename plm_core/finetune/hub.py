@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from plm_core.errors import InputError
+from plm_core.stage import sha256_file
 
 HUB_PREFIX = "hf:"
 
@@ -41,8 +42,4 @@ def data_digest(path: str | Path) -> str:
     """sha256 of a task data file, or of the reference string for a hub split."""
     if is_hub_ref(path):
         return hashlib.sha256(str(path).encode()).hexdigest()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(path)
