@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 from plm_core.config import FinetuneConfig, model_preset
-from plm_core.finetune.classification import TOKENIZER_FILES, finetune_classification
+from plm_core.finetune.classification import finetune_classification
+from plm_core.finetune.model_init import TOKENIZER_FILES
 from plm_core.finetune.peft import count_parameters
 from plm_core.finetune.quantize import serialized_linear_bytes
 from plm_core.finetune.task_data import load_classification
